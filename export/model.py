@@ -1,0 +1,419 @@
+"""The OpenVLA architecture in plain PyTorch (design.md §3), readable top to bottom.
+
+Module names mirror the HF OpenVLA checkpoint (``vision_backbone.featurizer.blocks.0.attn.qkv``,
+``language_model.model.layers.0.self_attn.q_proj`` ...), so that a checkpoint's keys load with no
+renaming beyond old timm spellings (see ``export.checkpoint``). timm and transformers are not
+used: the towers are plain ViTs re-implemented here, and every Llama layer may have its own head
+count and MLP width (structured pruning makes them differ).
+
+Numerics follow the reference implementations: LayerNorm eps 1e-6 and exact GELU in the towers,
+RMSNorm computed in float32, RoPE angles in float32 then cast, SDPA attention, greedy argmax over
+the full vocabulary.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlrc_runtime.config import LLMConfig, TowerConfig, VLAConfig
+
+
+# --------------------------------------------------------------------------- vision towers
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale; OpenVLA renames timm's ``gamma`` to ``scale_factor``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale_factor = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale_factor
+
+
+class ViTAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape  # [B, N, C]
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, H, N, D]
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class ViTMlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact erf GELU, as timm's default for both towers
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, cfg: TowerConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = ViTAttention(cfg.embed_dim, cfg.num_heads)
+        self.ls1 = LayerScale(cfg.embed_dim) if cfg.layer_scale else nn.Identity()
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = ViTMlp(cfg.embed_dim, cfg.mlp_dim)
+        self.ls2 = LayerScale(cfg.embed_dim) if cfg.layer_scale else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: TowerConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, 3, S, S] -> [B, P, C]
+
+
+class AttentionPoolMlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+
+class AttentionPoolLatent(nn.Module):
+    """SigLIP's pooling head. OpenVLA never runs it; it is held so checkpoints round-trip whole."""
+
+    def __init__(self, cfg: TowerConfig) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.latent = nn.Parameter(torch.zeros(1, 1, d))
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.mlp = AttentionPoolMlp(d, cfg.mlp_dim)
+
+
+class VisionTower(nn.Module):
+    """A timm-layout ViT returning the patch tokens of its second-to-last block."""
+
+    def __init__(self, cfg: TowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        if cfg.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        if cfg.num_registers:
+            self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_registers, cfg.embed_dim))
+        # Position embeddings cover the patches only (timm no_embed_class / no class token).
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches, cfg.embed_dim))
+        self.blocks = nn.ModuleList(ViTBlock(cfg) for _ in range(cfg.depth))
+        # The final norm (and SigLIP's attn_pool) are unused by OpenVLA but are in every checkpoint.
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        if cfg.attn_pool:
+            self.attn_pool = AttentionPoolLatent(cfg)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> patch features [B, P, C] from block ``depth - 2``, no final norm."""
+        x = self.patch_embed(pixels) + self.pos_embed
+        prefix = []
+        if self.cfg.class_token:
+            prefix.append(self.cls_token.expand(x.shape[0], -1, -1))
+        if self.cfg.num_registers:
+            prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
+        # The last block's output is never used, so it is not computed.
+        for blk in self.blocks[: self.cfg.feature_block + 1]:
+            x = blk(x)
+        return x[:, self.cfg.num_prefix_tokens :]
+
+
+class VisionBackbone(nn.Module):
+    """One tower, or DINOv2 + SigLIP fused on channels (input channels 0-2 and 3-5)."""
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        self.featurizer = VisionTower(config.towers[0])
+        if config.use_fused_vision_backbone:
+            self.fused_featurizer = VisionTower(config.towers[1])
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3 * n_towers, S, S] -> [B, P, sum of tower widths]."""
+        if not hasattr(self, "fused_featurizer"):
+            return self.featurizer(pixel_values)
+        img, img_fused = torch.split(pixel_values, [3, 3], dim=1)
+        return torch.cat([self.featurizer(img), self.fused_featurizer(img_fused)], dim=2)
+
+
+class Projector(nn.Module):
+    """OpenVLA's GELU MLP projector: fused = fc1 (x4) / fc2 / fc3, single tower = fc1 / fc2."""
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        dims = config.projector_dims
+        self.fc1 = nn.Linear(dims[0], dims[1])
+        self.act_fn1 = nn.GELU()
+        self.fc2 = nn.Linear(dims[1], dims[2])
+        if len(dims) == 4:
+            self.act_fn2 = nn.GELU()
+            self.fc3 = nn.Linear(dims[2], dims[3])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc2(self.act_fn1(self.fc1(x)))
+        if hasattr(self, "fc3"):
+            x = self.fc3(self.act_fn2(x))
+        return x
+
+
+# --------------------------------------------------------------------------- language model
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class KVCache:
+    """Static per-layer key/value buffers [B, H_kv(layer), S_max, D], owned by one generation.
+
+    ``update`` writes the new keys/values at ``start`` and returns views of everything written so
+    far, so attention sees exactly the prefix HF's dynamic cache would hold.
+    """
+
+    def __init__(self, llm: LLMConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str) -> None:
+        self.max_len = max_len
+        self.k = [torch.zeros(batch, kv, max_len, llm.head_dim, dtype=dtype, device=device) for kv in llm.num_key_value_heads]
+        self.v = [torch.zeros_like(k) for k in self.k]
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise RuntimeError(f"KV cache holds {self.max_len} positions; writing up to {end}")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        return 1.0 / (self.theta**exponent)
+
+    def reset(self, device: torch.device | str) -> None:
+        """Recompute the (non-persistent) buffer, e.g. after a meta-device build."""
+        self.inv_freq = self._inv_freq(device)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [T] -> cos, sin [1, 1, T, D] in ``dtype`` (angles computed in float32)."""
+        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype)[None, None], emb.sin().to(dtype)[None, None]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, llm: LLMConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_heads = llm.num_attention_heads[layer]
+        self.num_kv_heads = llm.num_key_value_heads[layer]
+        self.head_dim = llm.head_dim
+        h, d = llm.hidden_size, llm.head_dim
+        self.q_proj = nn.Linear(h, self.num_heads * d, bias=False)
+        self.k_proj = nn.Linear(h, self.num_kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(h, self.num_kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * d, h, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start: int,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape  # [B, T, hidden]
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(self.layer, start, k, v)  # [B, Hkv, start + T, D]
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:  # query head h reads kv head h // groups, as HF's repeat_kv
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        if t == 1:
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif start == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a chunk appended after cached positions: row i sees keys up to start + i
+            allowed = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, llm: LLMConfig, layer: int) -> None:
+        super().__init__()
+        h, m = llm.hidden_size, llm.intermediate_size[layer]
+        self.gate_proj = nn.Linear(h, m, bias=False)
+        self.up_proj = nn.Linear(h, m, bias=False)
+        self.down_proj = nn.Linear(m, h, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, llm: LLMConfig, layer: int) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(llm, layer)
+        self.mlp = LlamaMLP(llm, layer)
+        self.input_layernorm = RMSNorm(llm.hidden_size, llm.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(llm.hidden_size, llm.rms_norm_eps)
+        # A fully pruned sub-block contributes nothing; skipping it avoids zero-width matmuls.
+        self.has_attn = llm.num_attention_heads[layer] > 0
+        self.has_mlp = llm.intermediate_size[layer] > 0
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+        if self.has_attn:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, start, cache)
+        if self.has_mlp:
+            x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, llm: LLMConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(llm.vocab_size, llm.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(llm, i) for i in range(llm.num_layers))
+        self.norm = RMSNorm(llm.hidden_size, llm.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(llm.head_dim, llm.rope_theta)
+
+    def forward(self, inputs_embeds: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """[B, T, hidden] embeddings at positions start..start+T-1 -> final-norm hidden [B, T, hidden]."""
+        positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
+        cos, sin = self.rotary_emb(positions, inputs_embeds.dtype)
+        x = inputs_embeds
+        for layer in self.layers:
+            x = layer(x, cos, sin, start, cache)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, llm: LLMConfig) -> None:
+        super().__init__()
+        self.model = LlamaModel(llm)
+        self.lm_head = nn.Linear(llm.hidden_size, llm.vocab_size, bias=False)
+
+
+# --------------------------------------------------------------------------- the VLA
+
+
+class OpenVLA(nn.Module):
+    """Vision towers -> projector -> Llama, with the image patches inserted after BOS."""
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_backbone = VisionBackbone(config)
+        self.projector = Projector(config)
+        self.language_model = LlamaForCausalLM(config.llm)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.fc1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.fc1.weight.device
+
+    def embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [B, 3 * n_towers, S, S] -> projected patches [B, P, hidden]."""
+        return self.projector(self.vision_backbone(pixel_values.to(self.dtype)))
+
+    def multimodal_embeds(self, input_ids: torch.Tensor, patch_embeds: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids + [B, P, hidden] patches -> [B, 1 + P + T - 1, hidden] = [BOS, patches, rest]."""
+        tok = self.language_model.model.embed_tokens(input_ids)
+        return torch.cat([tok[:, :1], patch_embeds.to(tok.dtype), tok[:, 1:]], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Training/scoring pass without a cache: logits [B, P + T, vocab] (float32)."""
+        embeds = self.multimodal_embeds(input_ids, self.embed_image(pixel_values))
+        hidden = self.language_model.model(embeds)
+        return self.language_model.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def generate(self, patch_embeds: torch.Tensor, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding with a KV cache: [B, P, hidden] patches + [B, T] ids -> new ids [B, N]."""
+        lm = self.language_model
+        embeds = self.multimodal_embeds(input_ids, patch_embeds)
+        length = embeds.shape[1]
+        cache = KVCache(self.config.llm, embeds.shape[0], length + max_new_tokens, embeds.dtype, embeds.device)
+        hidden = lm.model(embeds, 0, cache)
+        token = lm.lm_head(hidden[:, -1]).argmax(dim=-1)  # [B]
+        out = [token]
+        for step in range(1, max_new_tokens):
+            hidden = lm.model(lm.model.embed_tokens(token)[:, None], length + step - 1, cache)
+            token = lm.lm_head(hidden[:, -1]).argmax(dim=-1)
+            out.append(token)
+        return torch.stack(out, dim=1)
+
+    def reset_non_persistent_buffers(self) -> None:
+        """Rebuild buffers that checkpoints do not store (RoPE frequencies)."""
+        self.language_model.model.rotary_emb.reset(self.device)
+
+
+def init_weights(model: OpenVLA, seed: int = 0, std: float = 0.02) -> None:
+    """Deterministic random initialisation for tiny test models (no pretrained weights exist here)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "layernorm.weight")):
+                p.fill_(1.0)
+            elif name.endswith("scale_factor"):
+                p.fill_(0.5)  # visible residual branches; timm's 1e-5 would make random towers near-identity
+            elif name.endswith("bias"):
+                p.normal_(0.0, std, generator=gen)
+            else:
+                p.normal_(0.0, std, generator=gen)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def llm_weight_bytes(model: OpenVLA) -> int:
+    return sum(p.numel() * p.element_size() for p in model.language_model.parameters())
+

@@ -1,0 +1,51 @@
+"""The backend interface (Polygraphy-style runner: activate, infer, deactivate)."""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlrc_runtime.config import VLAConfig
+
+
+class Backend(abc.ABC):
+    """Runs the networks of one model. Not thread-safe: one inference at a time per backend.
+
+    Timing contract: each method returns only once its results are final (device work
+    synchronised), so the Policy's wall-clock stage timers measure real latency.
+    """
+
+    name: str = "abstract"
+
+    def __init__(self, path: Path, config: VLAConfig, device: str, dtype: str) -> None:
+        self.path, self.config, self.device, self.dtype = path, config, device, dtype
+        self.active = False
+
+    def activate(self) -> None:
+        """Allocate what inference needs (load weights, build sessions, warm up)."""
+        self.active = True
+
+    def deactivate(self) -> None:
+        """Free what activate allocated."""
+        self.active = False
+
+    def __enter__(self) -> "Backend":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    @abc.abstractmethod
+    def encode_image(self, pixel_values: np.ndarray) -> Any:
+        """pixel_values [1, 3 * n_towers, S, S] float32 -> projected patches (backend-native handle)."""
+
+    @abc.abstractmethod
+    def generate(self, patch_embeddings: Any, input_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        """Greedy decoding: patches + prompt ids [T] -> new token ids [max_new_tokens] int64."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for logs and diagnostics (backend name, device, dtype)."""
+        return {"backend": self.name, "device": self.device, "dtype": self.dtype}

@@ -1,0 +1,500 @@
+"""The model configuration: OpenVLA's ``config.json`` as frozen dataclasses.
+
+Torch-free on purpose: the runtime, the bundle manifest and the export toolchain all read the same
+facts from here. ``VLAConfig.from_hf_dict`` reads the exact HF OpenVLA layout (design.md §3);
+``to_hf_dict`` writes it back, adding our extension keys only where a model departs from what the
+timm ids and a uniform Llama imply (pruned layers, tiny towers, other image or patch sizes):
+
+- ``text_config.layer_num_attention_heads`` / ``layer_num_key_value_heads`` /
+  ``layer_intermediate_size``: per-layer widths after structured pruning;
+- ``text_config.head_dim``: kept fixed by head pruning, so no longer ``hidden_size / heads``;
+- ``rlrc_vision_towers``: per-tower dims when they differ from the timm model the id names.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from rlrc_runtime.errors import ConfigError, UnknownBackboneError
+
+# Values actually applied by OpenVLA's image processor: the ImageNet statistics after a round trip
+# through bf16 (they are stored that way in openvla-7b's preprocessor_config.json).
+DINOV2_MEAN = (0.484375, 0.455078125, 0.40625)
+DINOV2_STD = (0.228515625, 0.2236328125, 0.224609375)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+DINOV2_TIMM_ID = "vit_large_patch14_reg4_dinov2.lvd142m"
+SIGLIP_224_TIMM_ID = "vit_so400m_patch14_siglip_224"
+SIGLIP_384_TIMM_ID = "vit_so400m_patch14_siglip_384"
+
+# vision_backbone_id -> timm model ids of its towers, in the order of the 6 input channels.
+VISION_BACKBONES: dict[str, tuple[str, ...]] = {
+    "dinosiglip-vit-so-224px": (DINOV2_TIMM_ID, SIGLIP_224_TIMM_ID),
+    "dinosiglip-vit-so-384px": (DINOV2_TIMM_ID, SIGLIP_384_TIMM_ID),
+    "dinov2-vit-l": (DINOV2_TIMM_ID,),
+    "siglip-vit-so400m": (SIGLIP_224_TIMM_ID,),
+    "siglip-vit-so400m-384px": (SIGLIP_384_TIMM_ID,),
+}
+
+# Defaults of transformers 4.40's LlamaConfig: OpenVLA's text_config lists only what differs.
+LLAMA_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": None,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "rope_scaling": None,
+    "attention_bias": False,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": None,
+}
+
+TOWER_OVERRIDE_FIELDS = ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size", "num_registers")
+
+
+def did_you_mean(value: str, choices: Sequence[str]) -> str:
+    """A ' Did you mean X?' hint for a misspelt name, or '' when nothing is close."""
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """One ViT vision tower (a timm DINOv2-with-registers or SigLIP model, re-implemented)."""
+
+    timm_id: str
+    """timm model id this tower follows (key names, token layout)."""
+    family: str
+    """'dinov2' (class token, registers, LayerScale) or 'siglip' (no prefix tokens)."""
+    image_size: int
+    """Square input size in pixels."""
+    patch_size: int
+    """Patch (and conv stride) size in pixels."""
+    embed_dim: int
+    """Token width."""
+    depth: int
+    """Number of transformer blocks; features come from block ``depth - 2``."""
+    num_heads: int
+    """Attention heads per block."""
+    mlp_dim: int
+    """Hidden width of each block's GELU MLP."""
+    num_registers: int = 0
+    """Register tokens (DINOv2-reg: 4)."""
+    class_token: bool = False
+    """Whether a class token precedes the registers."""
+    layer_scale: bool = False
+    """Whether blocks scale their residual branches (``ls1``/``ls2.scale_factor``)."""
+    attn_pool: bool = False
+    """Whether the checkpoint carries SigLIP's (unused) attention-pooling head."""
+    image_mean: tuple[float, float, float] = SIGLIP_MEAN
+    """Per-channel mean applied after scaling pixels to [0, 1]."""
+    image_std: tuple[float, float, float] = SIGLIP_STD
+    """Per-channel std applied after the mean."""
+    norm_eps: float = 1e-6
+    """LayerNorm epsilon."""
+
+    def __post_init__(self) -> None:
+        if self.family not in ("dinov2", "siglip"):
+            raise ConfigError(f"tower family {self.family!r} is not one of 'dinov2', 'siglip'")
+        for name in ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"tower {self.timm_id}: {name}={getattr(self, name)} must be > 0")
+        if self.depth < 2:
+            raise ConfigError(
+                f"tower {self.timm_id}: depth={self.depth}, but OpenVLA takes features from the "
+                "second-to-last block, so depth must be >= 2"
+            )
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"tower {self.timm_id}: image_size={self.image_size} is not a multiple of "
+                f"patch_size={self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"tower {self.timm_id}: embed_dim={self.embed_dim} is not divisible by "
+                f"num_heads={self.num_heads}"
+            )
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches (class + registers); dropped from the features."""
+        return int(self.class_token) + self.num_registers
+
+    @property
+    def feature_block(self) -> int:
+        """Index of the block whose output OpenVLA uses (the second-to-last)."""
+        return self.depth - 2
+
+
+def tower_from_timm_id(timm_id: str, image_size: int, overrides: Mapping[str, Any] | None = None) -> TowerConfig:
+    """The tower a timm id names, at ``image_size``, with optional dimension overrides."""
+    over = dict(overrides or {})
+    unknown = set(over) - set(TOWER_OVERRIDE_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"rlrc_vision_towers entry for {timm_id} has unknown keys {sorted(unknown)}; "
+            f"allowed: {list(TOWER_OVERRIDE_FIELDS)}"
+        )
+    if timm_id == DINOV2_TIMM_ID:
+        base = dict(
+            family="dinov2", embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, patch_size=14,
+            num_registers=4, class_token=True, layer_scale=True, attn_pool=False,
+            image_mean=DINOV2_MEAN, image_std=DINOV2_STD,
+        )
+    elif timm_id in (SIGLIP_224_TIMM_ID, SIGLIP_384_TIMM_ID):
+        base = dict(
+            family="siglip", embed_dim=1152, depth=27, num_heads=16, mlp_dim=4304, patch_size=14,
+            num_registers=0, class_token=False, layer_scale=False, attn_pool=True,
+            image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
+        )
+    else:
+        known = sorted({t for ids in VISION_BACKBONES.values() for t in ids})
+        raise UnknownBackboneError(
+            f"timm model id {timm_id!r} is not implemented; supported: {known}.{did_you_mean(timm_id, known)}"
+        )
+    base.update(over)
+    return TowerConfig(timm_id=timm_id, image_size=int(image_size), **base)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The Llama decoder, with per-layer widths so that pruned layers may differ."""
+
+    vocab_size: int
+    """Rows of the embedding and lm_head (32064 for OpenVLA: 32000 tokens padded to 64)."""
+    hidden_size: int
+    """Residual stream width."""
+    head_dim: int
+    """Width of one attention head (unchanged by head pruning)."""
+    num_attention_heads: tuple[int, ...]
+    """Query heads of each layer."""
+    num_key_value_heads: tuple[int, ...]
+    """Key/value heads of each layer (grouped-query attention when fewer than query heads)."""
+    intermediate_size: tuple[int, ...]
+    """SwiGLU hidden width of each layer."""
+    rms_norm_eps: float = 1e-6
+    """RMSNorm epsilon."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    max_position_embeddings: int = 2048
+    """Longest sequence the model was configured for."""
+    bos_token_id: int = 1
+    """Beginning-of-sequence id."""
+    eos_token_id: int = 2
+    """End-of-sequence id."""
+    pad_token_id: int | None = 32000
+    """Padding id (OpenVLA: 32000, the added <PAD> token)."""
+
+    def __post_init__(self) -> None:
+        n = len(self.num_attention_heads)
+        if n == 0:
+            raise ConfigError("text_config: num_hidden_layers must be >= 1")
+        if len(self.num_key_value_heads) != n or len(self.intermediate_size) != n:
+            raise ConfigError(
+                "text_config: per-layer lists differ in length: "
+                f"{n} attention-head counts, {len(self.num_key_value_heads)} kv-head counts, "
+                f"{len(self.intermediate_size)} intermediate sizes; give one value per layer"
+            )
+        for i, (h, kv, m) in enumerate(zip(self.num_attention_heads, self.num_key_value_heads, self.intermediate_size)):
+            if h < 0 or kv < 0 or m < 0:
+                raise ConfigError(f"text_config layer {i}: widths must be >= 0, got heads={h} kv={kv} mlp={m}")
+            if (h == 0) != (kv == 0) or (kv and h % kv):
+                raise ConfigError(
+                    f"text_config layer {i}: {h} query heads cannot be grouped over {kv} key/value heads; "
+                    "query heads must be a multiple of kv heads (both 0 removes the attention block)"
+                )
+        for name in ("vocab_size", "hidden_size", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"text_config: {name}={getattr(self, name)} must be > 0")
+        if self.head_dim % 2:
+            raise ConfigError(f"text_config: head_dim={self.head_dim} must be even for rotary embeddings")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.num_attention_heads)
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when every layer has the same widths and head_dim = hidden / heads (plain Llama)."""
+        return (
+            len(set(self.num_attention_heads)) == 1
+            and len(set(self.num_key_value_heads)) == 1
+            and len(set(self.intermediate_size)) == 1
+            and self.num_attention_heads[0] * self.head_dim == self.hidden_size
+        )
+
+    def param_count(self) -> int:
+        """Parameters of the decoder, embeddings and lm_head included."""
+        h, d = self.hidden_size, self.head_dim
+        total = 2 * self.vocab_size * h + h  # embed_tokens, lm_head, final norm
+        for q, kv, m in zip(self.num_attention_heads, self.num_key_value_heads, self.intermediate_size):
+            total += 2 * h  # two RMSNorms
+            total += (q + 2 * kv) * d * h + q * d * h  # q/k/v and o projections
+            total += 3 * m * h  # gate, up, down
+        return total
+
+    @classmethod
+    def from_text_config(cls, text_config: Mapping[str, Any]) -> "LLMConfig":
+        """Parse HF ``text_config`` (missing keys take transformers 4.40 LlamaConfig defaults)."""
+        tc = {**LLAMA_DEFAULTS, **dict(text_config)}
+        model_type = tc.get("model_type", "llama")
+        if model_type != "llama":
+            raise ConfigError(f"text_config.model_type={model_type!r}; only 'llama' decoders are supported")
+        if tc["hidden_act"] != "silu":
+            raise ConfigError(f"text_config.hidden_act={tc['hidden_act']!r}; Llama uses 'silu'")
+        if tc["rope_scaling"] is not None:
+            raise ConfigError(f"text_config.rope_scaling={tc['rope_scaling']!r} is not supported; expected null")
+        if tc["attention_bias"]:
+            raise ConfigError("text_config.attention_bias=true is not supported; Llama-2 has no attention bias")
+        if tc["tie_word_embeddings"]:
+            raise ConfigError("text_config.tie_word_embeddings=true is not supported; OpenVLA unties lm_head")
+        n_layers = int(tc["num_hidden_layers"])
+        heads = int(tc["num_attention_heads"])
+        kv = tc["num_key_value_heads"]
+        kv = heads if kv is None else int(kv)
+        head_dim = int(tc.get("head_dim") or tc["hidden_size"] // heads)
+
+        def per_layer(key: str, uniform: int) -> tuple[int, ...]:
+            values = tc.get(key)
+            if values is None:
+                return (uniform,) * n_layers
+            if not isinstance(values, list) or len(values) != n_layers:
+                raise ConfigError(
+                    f"text_config.{key} must be a list of {n_layers} ints (num_hidden_layers), got {values!r}"
+                )
+            return tuple(int(v) for v in values)
+
+        eos = tc["eos_token_id"]
+        return cls(
+            vocab_size=int(tc["vocab_size"]),
+            hidden_size=int(tc["hidden_size"]),
+            head_dim=head_dim,
+            num_attention_heads=per_layer("layer_num_attention_heads", heads),
+            num_key_value_heads=per_layer("layer_num_key_value_heads", kv),
+            intermediate_size=per_layer("layer_intermediate_size", int(tc["intermediate_size"])),
+            rms_norm_eps=float(tc["rms_norm_eps"]),
+            rope_theta=float(tc["rope_theta"]),
+            max_position_embeddings=int(tc["max_position_embeddings"]),
+            bos_token_id=int(tc["bos_token_id"]),
+            eos_token_id=int(eos[0] if isinstance(eos, list) else eos),
+            pad_token_id=None if tc["pad_token_id"] is None else int(tc["pad_token_id"]),
+        )
+
+    def to_text_config(self) -> dict[str, Any]:
+        """HF ``text_config``: the full key set (explicit beats relying on defaults)."""
+        out: dict[str, Any] = {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": max(self.intermediate_size),
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": max(self.num_attention_heads),
+            "num_key_value_heads": max(self.num_key_value_heads),
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": None,
+            "attention_bias": False,
+            "tie_word_embeddings": False,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+        if not self.is_uniform:
+            out["head_dim"] = self.head_dim
+            out["layer_num_attention_heads"] = list(self.num_attention_heads)
+            out["layer_num_key_value_heads"] = list(self.num_key_value_heads)
+            out["layer_intermediate_size"] = list(self.intermediate_size)
+        return out
+
+
+@dataclass(frozen=True)
+class VLAConfig:
+    """An OpenVLA-architecture model: vision towers, projector, Llama decoder, action format."""
+
+    vision_backbone_id: str
+    """Prismatic backbone id, e.g. 'dinosiglip-vit-so-224px'."""
+    towers: tuple[TowerConfig, ...]
+    """One tower (single backbone) or two (fused: channels 0-2 DINOv2, 3-5 SigLIP)."""
+    llm: LLMConfig
+    """The language model."""
+    n_action_bins: int = 256
+    """Discretisation bins per action dimension."""
+    pad_to_multiple_of: int = 64
+    """Embedding padding; the tokenizer's vocabulary is ``llm.vocab_size - pad_to_multiple_of``."""
+    image_resize_strategy: str = "resize-naive"
+    """How frames become ``image_size`` squares (OpenVLA: 'resize-naive')."""
+    arch_specifier: str = "no-align+fused-gelu-mlp"
+    """Prismatic projector spec; recorded for compatibility."""
+    norm_stats: dict[str, Any] | None = field(default=None, compare=False)
+    """Per-dataset action/proprio statistics used to unnormalize actions."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Other config.json keys, written back untouched on save."""
+
+    def __post_init__(self) -> None:
+        if not self.towers or len(self.towers) > 2:
+            raise ConfigError(f"{self.vision_backbone_id}: expected 1 or 2 vision towers, got {len(self.towers)}")
+        if len({t.num_patches for t in self.towers}) != 1:
+            raise ConfigError(
+                f"{self.vision_backbone_id}: towers produce different patch counts "
+                f"{[t.num_patches for t in self.towers]}; fused towers must share a patch grid"
+            )
+        if self.image_resize_strategy != "resize-naive":
+            raise ConfigError(
+                f"image_resize_strategy={self.image_resize_strategy!r} is not supported; "
+                "OpenVLA checkpoints use 'resize-naive'"
+            )
+        if not self.arch_specifier.endswith("gelu-mlp"):
+            raise ConfigError(
+                f"arch_specifier={self.arch_specifier!r}: only the GELU MLP projectors "
+                "('...gelu-mlp', '...fused-gelu-mlp') of OpenVLA are supported"
+            )
+        if self.n_action_bins < 2:
+            raise ConfigError(f"n_action_bins={self.n_action_bins} must be >= 2")
+        if self.token_vocab_size < self.n_action_bins:
+            raise ConfigError(
+                f"tokenizer vocabulary {self.token_vocab_size} (vocab_size - pad_to_multiple_of) is smaller "
+                f"than n_action_bins={self.n_action_bins}"
+            )
+
+    @property
+    def use_fused_vision_backbone(self) -> bool:
+        return len(self.towers) == 2
+
+    @property
+    def image_size(self) -> int:
+        return self.towers[0].image_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.towers[0].num_patches
+
+    @property
+    def vision_dim(self) -> int:
+        """Width of the concatenated patch features."""
+        return sum(t.embed_dim for t in self.towers)
+
+    @property
+    def projector_dims(self) -> tuple[int, ...]:
+        """Widths through the projector: fused = 3 linears via 4x vision_dim, else 2 linears."""
+        h = self.llm.hidden_size
+        if self.use_fused_vision_backbone:
+            return (self.vision_dim, 4 * self.vision_dim, h, h)
+        return (self.vision_dim, h, h)
+
+    @property
+    def token_vocab_size(self) -> int:
+        """OpenVLA's ``vocab_size`` for action decoding: 32064 - 64 = 32000."""
+        return self.llm.vocab_size - self.pad_to_multiple_of
+
+    @classmethod
+    def from_hf_dict(cls, cfg: Mapping[str, Any], source: str = "config.json") -> "VLAConfig":
+        """Parse an HF OpenVLA ``config.json`` dict; ``source`` names the file in errors."""
+        cfg = copy.deepcopy(dict(cfg))
+        model_type = cfg.get("model_type")
+        if model_type not in ("openvla", "prismatic"):
+            raise ConfigError(
+                f"{source}: model_type={model_type!r}; expected 'openvla' (an OpenVLA checkpoint directory)"
+            )
+        backbone = cfg.get("vision_backbone_id")
+        if backbone not in VISION_BACKBONES:
+            raise UnknownBackboneError(
+                f"{source}: vision_backbone_id={backbone!r} is not supported; supported: "
+                f"{sorted(VISION_BACKBONES)}.{did_you_mean(str(backbone), sorted(VISION_BACKBONES))}"
+            )
+        timm_ids = tuple(cfg.get("timm_model_ids") or VISION_BACKBONES[backbone])
+        if timm_ids != VISION_BACKBONES[backbone]:
+            raise ConfigError(
+                f"{source}: timm_model_ids={list(timm_ids)} do not match vision_backbone_id={backbone!r}, "
+                f"which uses {list(VISION_BACKBONES[backbone])}"
+            )
+        fused = cfg.get("use_fused_vision_backbone")
+        if fused is not None and bool(fused) != (len(timm_ids) == 2):
+            raise ConfigError(
+                f"{source}: use_fused_vision_backbone={fused} contradicts vision_backbone_id={backbone!r} "
+                f"({len(timm_ids)} tower(s))"
+            )
+        sizes = cfg.get("image_sizes") or [224] * len(timm_ids)
+        if len(sizes) != len(timm_ids):
+            raise ConfigError(f"{source}: image_sizes={sizes} must have one entry per tower ({len(timm_ids)})")
+        overrides = cfg.get("rlrc_vision_towers") or [{}] * len(timm_ids)
+        if len(overrides) != len(timm_ids):
+            raise ConfigError(f"{source}: rlrc_vision_towers must have one entry per tower ({len(timm_ids)})")
+        towers = tuple(tower_from_timm_id(t, s, o) for t, s, o in zip(timm_ids, sizes, overrides))
+        if "text_config" not in cfg:
+            raise ConfigError(f"{source}: text_config is missing; an OpenVLA config carries the Llama config there")
+        llm = LLMConfig.from_text_config(cfg["text_config"])
+        known = {
+            "model_type", "vision_backbone_id", "timm_model_ids", "use_fused_vision_backbone", "image_sizes",
+            "rlrc_vision_towers", "text_config", "n_action_bins", "pad_to_multiple_of",
+            "image_resize_strategy", "arch_specifier", "norm_stats",
+        }
+        return cls(
+            vision_backbone_id=backbone,
+            towers=towers,
+            llm=llm,
+            n_action_bins=int(cfg.get("n_action_bins", 256)),
+            pad_to_multiple_of=int(cfg.get("pad_to_multiple_of", 64)),
+            image_resize_strategy=cfg.get("image_resize_strategy", "resize-naive"),
+            arch_specifier=cfg.get("arch_specifier", "no-align+fused-gelu-mlp" if len(towers) == 2 else "no-align+gelu-mlp"),
+            norm_stats=cfg.get("norm_stats"),
+            extra={k: v for k, v in cfg.items() if k not in known},
+        )
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The ``config.json`` dict, in the HF OpenVLA layout plus our extension keys if needed."""
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            {
+                "model_type": "openvla",
+                "architectures": out.get("architectures", ["OpenVLAForActionPrediction"]),
+                "vision_backbone_id": self.vision_backbone_id,
+                "timm_model_ids": [t.timm_id for t in self.towers],
+                "timm_override_act_layers": [None] * len(self.towers),
+                "use_fused_vision_backbone": self.use_fused_vision_backbone,
+                "image_sizes": [t.image_size for t in self.towers],
+                "image_resize_strategy": self.image_resize_strategy,
+                "arch_specifier": self.arch_specifier,
+                "llm_backbone_id": out.get("llm_backbone_id", "llama2-7b-pure"),
+                "llm_max_length": out.get("llm_max_length", self.llm.max_position_embeddings),
+                "pad_token_id": self.llm.pad_token_id,
+                "pad_to_multiple_of": self.pad_to_multiple_of,
+                "n_action_bins": self.n_action_bins,
+                "text_config": self.llm.to_text_config(),
+                "norm_stats": self.norm_stats,
+            }
+        )
+        overrides = []
+        for t in self.towers:
+            ref = tower_from_timm_id(t.timm_id, t.image_size)
+            overrides.append({f: getattr(t, f) for f in TOWER_OVERRIDE_FIELDS if getattr(t, f) != getattr(ref, f)})
+        if any(overrides):
+            out["rlrc_vision_towers"] = overrides
+        else:
+            out.pop("rlrc_vision_towers", None)
+        return out
+
+    def replace(self, **changes: Any) -> "VLAConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,139 @@
+"""The Policy: RGB frame + instruction -> 7-D robot action, with per-stage timings.
+
+Policy = backend (the networks) + transforms (preprocess, prompt, action decode) + the model's
+facts (config, norm_stats). It never imports torch itself; only the chosen backend may.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlrc_runtime.action import ActionStats, ActionTokenizer, action_stats, resolve_unnorm_key
+from rlrc_runtime.backends import Backend, backend_class
+from rlrc_runtime.checkpoint import image_stats, read_checkpoint
+from rlrc_runtime.config import VLAConfig
+from rlrc_runtime.errors import BackendError, RLRCError
+from rlrc_runtime.metrics import StageTimer
+from rlrc_runtime.preprocess import ImageTransform
+from rlrc_runtime.prompt import PromptTokenizer
+
+log = logging.getLogger(__name__)
+
+STAGES = ("preprocess", "vision", "llm", "decode", "total")
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """One control step's output."""
+
+    action: np.ndarray
+    """[D] float32, unnormalized (robot units), OpenVLA convention."""
+    normalized_action: np.ndarray
+    """[D] float32 in [-1, 1] before unnormalization."""
+    action_tokens: np.ndarray
+    """[D] int64 token ids the LLM generated."""
+    unnorm_key: str
+    """Dataset whose statistics unnormalized the action."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """Wall-clock ms per stage: preprocess, vision, llm, decode, total."""
+
+
+class Policy:
+    """An OpenVLA-format policy behind a backend. Use ``load_policy`` to build one."""
+
+    def __init__(self, path: Path, config: VLAConfig, backend: Backend, tokenizer: PromptTokenizer,
+                 image_transform: ImageTransform) -> None:
+        self.path = path
+        self.config = config
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.action_tokenizer = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
+        self._stats: dict[str, ActionStats] = {}
+
+    @property
+    def norm_stats(self) -> dict[str, Any]:
+        return self.config.norm_stats or {}
+
+    def stats(self, unnorm_key: str | None = None) -> ActionStats:
+        key = resolve_unnorm_key(self.norm_stats, unnorm_key)
+        if key not in self._stats:
+            self._stats[key] = action_stats(self.norm_stats, key)
+        return self._stats[key]
+
+    def action_dim(self, unnorm_key: str | None = None) -> int:
+        """Action dimensions (OpenVLA: the length of the dataset's q01)."""
+        return self.stats(unnorm_key).action_dim
+
+    def infer(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None) -> InferenceResult:
+        """image HxWx3 uint8 RGB (any size) + instruction -> InferenceResult."""
+        if not self.backend.active:
+            raise BackendError("the policy's backend is closed; load the policy again")
+        start = time.perf_counter()
+        timer = StageTimer()
+        key = resolve_unnorm_key(self.norm_stats, unnorm_key)
+        stats = self.stats(key)
+        with timer.stage("preprocess"):
+            pixel_values = self.image_transform(image)  # [1, 3 * n_towers, S, S]
+            input_ids = self.tokenizer(instruction)  # [T]
+        with timer.stage("vision"):
+            patches = self.backend.encode_image(pixel_values)
+        with timer.stage("llm"):
+            tokens = self.backend.generate(patches, input_ids, stats.action_dim)  # [D]
+        with timer.stage("decode"):
+            normalized = self.action_tokenizer.decode(tokens)
+            action = stats.unnormalize(normalized).astype(np.float32)
+        if not np.all(np.isfinite(action)):  # unreachable with validated stats; a robot must never see it
+            raise RLRCError(f"non-finite action {action.tolist()} from tokens {tokens.tolist()}")
+        timer.ms["total"] = (time.perf_counter() - start) * 1e3
+        return InferenceResult(
+            action=action,
+            normalized_action=normalized.astype(np.float32),
+            action_tokens=tokens,
+            unnorm_key=key,
+            timings_ms=dict(timer.ms),
+        )
+
+    def predict_action(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None) -> np.ndarray:
+        """image + instruction -> unnormalized action [D] float32 (OpenVLA's predict_action)."""
+        return self.infer(image, instruction, unnorm_key).action
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self) -> "Policy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "vision_backbone_id": self.config.vision_backbone_id,
+                "llm_layers": self.config.llm.num_layers, **self.backend.describe()}
+
+
+def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", dtype: str = "float32") -> Policy:
+    """Load an OpenVLA-format checkpoint directory as a ready-to-run Policy.
+
+    Args:
+        path: checkpoint directory (config.json, safetensors, tokenizer).
+        backend: 'torch' (the reference); more arrive with bundles.
+        device: 'cpu' or 'cuda[:i]' for the torch backend.
+        dtype: 'float32', 'bfloat16' or 'float16'.
+    """
+    path = Path(path)
+    info = read_checkpoint(path, require_norm_stats=True)
+    for key in info.config.norm_stats:  # fail at load, not at the first control step
+        action_stats(info.config.norm_stats, key)
+    means, stds = image_stats(path, info.config)
+    transform = ImageTransform(image_size=info.config.image_size, means=means, stds=stds)
+    tokenizer = PromptTokenizer.from_dir(path)
+    runner = backend_class(backend)(path, info.config, device=device, dtype=dtype)
+    runner.activate()
+    log.info("loaded policy %s with backend %s", path, backend)
+    return Policy(path, info.config, runner, tokenizer, transform)

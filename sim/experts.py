@@ -1,0 +1,231 @@
+"""Scripted experts: one per task family, reading privileged simulator state.
+
+Each expert is a small phase machine over waypoints (above the object, down to it, close, lift,
+carry, lower, release). Every step it emits the 7-D action of `sim.env` -- a translation delta
+towards the current waypoint, a yaw delta towards the grasp yaw, zero roll/pitch corrections that
+keep the hand level, and an absolute gripper command (1 = open, 0 = closed) -- so recorded expert
+actions are exactly what a policy must learn to produce.
+
+Phases advance on measured state, not on a clock, so the expert recovers from small slips (a
+block that rotates while it is pushed, a grasp that lands a few millimetres off).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim import scene
+from sim.env import MAX_ROTATION, MAX_TRANSLATION, TabletopEnv, wrap_angle
+from sim.errors import unknown_name
+from sim.tasks import SIDES
+
+logger = logging.getLogger(__name__)
+
+HOVER = 0.08  # m above the object's centre while approaching
+CARRY_Z = 0.11  # pinch height while carrying a block to its goal
+POS_TOL = 0.006  # m, waypoint reached (xy)
+Z_TOL = 0.008  # m, waypoint reached (z)
+YAW_TOL = 0.06  # rad
+CLOSE_STEPS = 5  # control steps to let the fingers close on the object
+RELEASE_STEPS = 4
+
+
+def _nearest_equivalent(angle: float, current: float, period: float) -> float:
+    """The angle congruent to `angle` modulo `period` that is closest to `current`."""
+    k = round((current - angle) / period)
+    return wrap_angle(angle + k * period)
+
+
+@dataclass
+class Expert:
+    """Base class: owns the phase state; subclasses plan a waypoint per step."""
+
+    env: TabletopEnv
+    phase: str = "approach"
+    counter: int = 0
+    memory: dict[str, np.ndarray | float] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        """Call after every `env.reset()`."""
+        self.phase, self.counter, self.memory = "approach", 0, {}
+
+    def act(self) -> np.ndarray:
+        """Next action, float32 [7] = [dx, dy, dz, droll, dpitch, dyaw, gripper]."""
+        target, yaw, grip = self.plan()
+        env = self.env
+        delta = np.clip(target - env.ee_pos, -MAX_TRANSLATION, MAX_TRANSLATION)
+        rpy = env.ee_euler
+        rot = np.clip([-rpy[0], -rpy[1], wrap_angle(yaw - rpy[2])], -MAX_ROTATION, MAX_ROTATION)
+        return np.concatenate([delta, rot, [grip]]).astype(np.float32)
+
+    def plan(self) -> tuple[np.ndarray, float, float]:
+        """(pinch target [3], hand yaw target, gripper command) for this step."""
+        raise NotImplementedError
+
+    # helpers shared by the grasping experts -------------------------------------------------------
+    def _grasp_yaw(self, slot: str) -> float:
+        env = self.env
+        kind = env.task.placement(slot).kind
+        current = float(env.ee_euler[2])
+        if kind == "block":  # any face pair: 90-degree symmetry
+            return _nearest_equivalent(env.body_yaw(slot), current, math.pi / 2)
+        if kind == "bar":  # close across the bar's short (y) side: the hand y axis along the bar y axis
+            return _nearest_equivalent(env.body_yaw(slot), current, math.pi)
+        return current  # cylinder: any yaw
+
+    def _grasp_z(self, slot: str) -> float:
+        kind = self.env.task.placement(slot).kind
+        # Pinch at the object's centre, but keep the fingertips just above the table.
+        return max(scene.REST_Z[kind], scene.FINGER_HALF[2] + 0.002)
+
+    def _reached(self, target: np.ndarray, yaw: float | None = None) -> bool:
+        env = self.env
+        err = target - env.ee_pos
+        ok = float(np.hypot(err[0], err[1])) < POS_TOL and abs(float(err[2])) < Z_TOL
+        if yaw is not None:
+            ok = ok and abs(wrap_angle(yaw - float(env.ee_euler[2]))) < YAW_TOL
+        return ok
+
+    def _pick_phases(self, slot: str) -> tuple[np.ndarray, float, float] | None:
+        """approach -> descend -> close -> lift; returns None once the object is lifted."""
+        env = self.env
+        obj = env.body_pos(slot)
+        if self.phase == "approach":
+            yaw = self._grasp_yaw(slot)
+            self.memory["yaw"] = yaw
+            target = np.array([obj[0], obj[1], self._grasp_z(slot) + HOVER])
+            if self._reached(target, yaw):
+                self.phase = "descend"
+            return target, yaw, 1.0
+        yaw = float(self.memory["yaw"])
+        if self.phase == "descend":
+            target = np.array([obj[0], obj[1], self._grasp_z(slot)])
+            if self._reached(target):
+                self.phase, self.counter = "close", 0
+            return target, yaw, 1.0
+        if self.phase == "close":
+            self.counter += 1
+            if self.counter >= CLOSE_STEPS:
+                self.phase = "lift"
+                # Where the object sits relative to the pinch point, to place it precisely later.
+                self.memory["offset"] = obj - env.ee_pos
+            return env.ee_pos, yaw, 0.0
+        return None
+
+
+class PickExpert(Expert):
+    """Grasp the target and lift it well above the success height."""
+
+    def plan(self):
+        env = self.env
+        slot = env.task.target
+        step = self._pick_phases(slot)
+        if step is not None:
+            return step
+        target = np.array([env.ee_pos[0], env.ee_pos[1], self._grasp_z(slot) + 0.12])
+        return target, float(self.memory["yaw"]), 0.0
+
+
+class _PlaceOnExpert(Expert):
+    """Grasp the target, carry it above the goal, lower it to `_release_height`, open, retreat."""
+
+    def _release_center_z(self) -> float:
+        raise NotImplementedError
+
+    def plan(self):
+        env = self.env
+        slot, goal = env.task.target, env.task.goal
+        step = self._pick_phases(slot)
+        if step is not None:
+            return step
+        yaw = float(self.memory["yaw"])
+        offset = np.asarray(self.memory["offset"])
+        goal_pos = env.body_pos(goal)
+        if self.phase == "lift":
+            target = np.array([env.ee_pos[0], env.ee_pos[1], CARRY_Z])
+            if abs(CARRY_Z - float(env.ee_pos[2])) < 0.02:
+                self.phase = "carry"
+            return target, yaw, 0.0
+        if self.phase == "carry":
+            # Put the *object* (not the pinch point) over the goal's centre.
+            obj = env.body_pos(slot)
+            target = env.ee_pos + np.array([goal_pos[0] - obj[0], goal_pos[1] - obj[1], 0.0])
+            target[2] = CARRY_Z
+            if float(np.hypot(*(goal_pos[:2] - obj[:2]))) < 0.004 and abs(CARRY_Z - env.ee_pos[2]) < Z_TOL:
+                self.phase = "lower"
+            return target, yaw, 0.0
+        if self.phase == "lower":
+            obj = env.body_pos(slot)
+            # Stop 3 mm above resting height and let the block drop: no squeezing into the goal.
+            want = self._release_center_z() + 0.003
+            target = env.ee_pos + np.array([goal_pos[0] - obj[0], goal_pos[1] - obj[1], want - obj[2]])
+            if abs(float(obj[2]) - want) < 0.003:
+                self.phase, self.counter = "release", 0
+            return target, yaw, 0.0
+        if self.phase == "release":
+            self.counter += 1
+            if self.counter >= RELEASE_STEPS:
+                self.phase = "retreat"
+            return env.ee_pos, yaw, 1.0
+        return np.array([env.ee_pos[0], env.ee_pos[1], CARRY_Z + 0.03]), yaw, 1.0
+
+
+class PlaceExpert(_PlaceOnExpert):
+    def _release_center_z(self) -> float:
+        return scene.PLATE_TOP + scene.BLOCK_HALF
+
+
+class StackExpert(_PlaceOnExpert):
+    def _release_center_z(self) -> float:
+        return float(self.env.body_pos(self.env.task.goal)[2]) + 2 * scene.BLOCK_HALF
+
+
+class PushExpert(Expert):
+    """Close the fingers, drop behind the block, push it along the side direction."""
+
+    STANDOFF = scene.BLOCK_HALF * 1.42 + 2 * scene.FINGER_HALF[1] + 0.012  # clear of a rotated cube's corner
+    PRESS = 0.02  # how far inside the block face the pinch target is put while pushing
+
+    def plan(self):
+        env = self.env
+        slot = env.task.target
+        d = np.array([*SIDES[env.task.side], 0.0])
+        # Hand y axis along the push direction: the 4 cm finger pads then face the block squarely.
+        yaw = _nearest_equivalent(math.atan2(d[1], d[0]) - math.pi / 2, float(env.ee_euler[2]), math.pi)
+        obj = env.body_pos(slot)
+        push_z = scene.FINGER_HALF[2] + 0.003
+        if self.phase == "approach":
+            target = obj - d * self.STANDOFF
+            target[2] = push_z + HOVER
+            if self._reached(target, yaw):
+                self.phase = "descend"
+            return target, yaw, 0.0
+        if self.phase == "descend":
+            target = obj - d * self.STANDOFF
+            target[2] = push_z
+            if self._reached(target):
+                self.phase = "push"
+            return target, yaw, 0.0
+        moved = float(np.dot((obj - env.start_pos(slot))[:2], d[:2]))
+        if moved > 0.105:  # overshoot the success distance a little, then hold still
+            return env.ee_pos, yaw, 0.0
+        contact = scene.BLOCK_HALF + scene.FINGER_HALF[1] * 2
+        target = obj - d * (contact - self.PRESS)
+        target[2] = push_z
+        return target, yaw, 0.0
+
+
+EXPERTS: dict[str, type[Expert]] = {
+    "pick": PickExpert, "push": PushExpert, "place": PlaceExpert, "stack": StackExpert,
+}
+
+
+def make_expert(env: TabletopEnv) -> Expert:
+    """The scripted expert for `env`'s family. Call `expert.reset()` after each `env.reset()`."""
+    family = env.unwrapped.config.family
+    if family not in EXPERTS:
+        raise unknown_name("family", family, EXPERTS)
+    return EXPERTS[family](env.unwrapped)
