@@ -146,6 +146,26 @@ class TowerConfig:
         return self.depth - 2
 
 
+def timm_defaults(timm_id: str) -> dict[str, Any]:
+    """The tower fields the timm model id implies (real sizes), image size aside."""
+    if timm_id == DINOV2_TIMM_ID:
+        return dict(
+            family="dinov2", embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, patch_size=14,
+            num_registers=4, class_token=True, layer_scale=True, attn_pool=False,
+            image_mean=DINOV2_MEAN, image_std=DINOV2_STD,
+        )
+    if timm_id in (SIGLIP_224_TIMM_ID, SIGLIP_384_TIMM_ID):
+        return dict(
+            family="siglip", embed_dim=1152, depth=27, num_heads=16, mlp_dim=4304, patch_size=14,
+            num_registers=0, class_token=False, layer_scale=False, attn_pool=True,
+            image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
+        )
+    known = sorted({t for ids in VISION_BACKBONES.values() for t in ids})
+    raise UnknownBackboneError(
+        f"timm model id {timm_id!r} is not implemented; supported: {known}.{did_you_mean(timm_id, known)}"
+    )
+
+
 def tower_from_timm_id(timm_id: str, image_size: int, overrides: Mapping[str, Any] | None = None) -> TowerConfig:
     """The tower a timm id names, at ``image_size``, with optional dimension overrides."""
     over = dict(overrides or {})
@@ -155,25 +175,7 @@ def tower_from_timm_id(timm_id: str, image_size: int, overrides: Mapping[str, An
             f"rlrc_vision_towers entry for {timm_id} has unknown keys {sorted(unknown)}; "
             f"allowed: {list(TOWER_OVERRIDE_FIELDS)}"
         )
-    if timm_id == DINOV2_TIMM_ID:
-        base = dict(
-            family="dinov2", embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, patch_size=14,
-            num_registers=4, class_token=True, layer_scale=True, attn_pool=False,
-            image_mean=DINOV2_MEAN, image_std=DINOV2_STD,
-        )
-    elif timm_id in (SIGLIP_224_TIMM_ID, SIGLIP_384_TIMM_ID):
-        base = dict(
-            family="siglip", embed_dim=1152, depth=27, num_heads=16, mlp_dim=4304, patch_size=14,
-            num_registers=0, class_token=False, layer_scale=False, attn_pool=True,
-            image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
-        )
-    else:
-        known = sorted({t for ids in VISION_BACKBONES.values() for t in ids})
-        raise UnknownBackboneError(
-            f"timm model id {timm_id!r} is not implemented; supported: {known}.{did_you_mean(timm_id, known)}"
-        )
-    base.update(over)
-    return TowerConfig(timm_id=timm_id, image_size=int(image_size), **base)
+    return TowerConfig(timm_id=timm_id, image_size=int(image_size), **{**timm_defaults(timm_id), **over})
 
 
 @dataclass(frozen=True)
@@ -488,8 +490,8 @@ class VLAConfig:
         )
         overrides = []
         for t in self.towers:
-            ref = tower_from_timm_id(t.timm_id, t.image_size)
-            overrides.append({f: getattr(t, f) for f in TOWER_OVERRIDE_FIELDS if getattr(t, f) != getattr(ref, f)})
+            ref = timm_defaults(t.timm_id)
+            overrides.append({f: getattr(t, f) for f in TOWER_OVERRIDE_FIELDS if getattr(t, f) != ref[f]})
         if any(overrides):
             out["rlrc_vision_towers"] = overrides
         else:

@@ -1,0 +1,6 @@
+"""`python -m sim` = `python -m sim.cli`."""
+import sys
+
+from sim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sim
+from sim.experts import make_expert
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.mark.parametrize("family", ["pick", "push", "place", "stack"])
+def test_expert_succeeds(family: str) -> None:
+    env = sim.make_env(family=family, image_size=32)
+    expert = make_expert(env)
+    for seed in SEEDS:
+        env.reset(seed=seed)
+        expert.reset()
+        while True:
+            action = expert.act()
+            assert action.shape == (7,) and action.dtype == np.float32
+            assert env.action_space.contains(action)
+            _, reward, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+        assert terminated and info["success"] and reward == 1.0, f"{family} seed {seed}: {env.task.instruction}"
+        assert env.steps < env.config.episode_steps
+
+
+def test_push_moves_the_block_towards_the_named_side() -> None:
+    from sim.tasks import SIDES
+
+    env = sim.make_env(family="push", image_size=32)
+    expert = make_expert(env)
+    for seed in range(4):
+        env.reset(seed=seed)
+        expert.reset()
+        while not any(env.step(expert.act())[2:4]):
+            pass
+        moved = (env.body_pos(env.task.target) - env.start_pos(env.task.target))[:2]
+        assert np.dot(moved, SIDES[env.task.side]) >= 0.08
+        assert env.task.side in env.task.instruction
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["pick", "push", "place", "stack"])
+def test_expert_success_rate_over_100_seeds(family: str) -> None:
+    env = sim.make_env(family=family, image_size=32)
+    expert = make_expert(env)
+    wins = 0
+    for seed in range(100):
+        env.reset(seed=seed)
+        expert.reset()
+        while True:
+            _, _, terminated, truncated, _ = env.step(expert.act())
+            if terminated or truncated:
+                break
+        wins += terminated
+    assert wins >= 95
