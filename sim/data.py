@@ -208,14 +208,26 @@ def iter_expert_episodes(config: DemoConfig) -> Iterator[Episode]:
 
 def write_demos(config: DemoConfig, out: str | Path, progress: bool = True) -> DemoSummary:
     """Roll out experts and write the successful episodes to `out` (HDF5, layout in module doc)."""
-    from tqdm import tqdm
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = DemoSummary(path=str(out), written=0, discarded=0,
                           per_family={f: {"written": 0, "discarded": 0} for f in config.families})
-    instructions: set[str] = set()
     tmp = out.with_name(out.name + ".partial")  # a crash never leaves a valid-looking half file
+    try:
+        _write_demo_file(config, tmp, summary, progress)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(out)
+    logger.info("wrote %d demos (%d steps) to %s; discarded %d failed rollouts",
+                summary.written, summary.total_steps, out, summary.discarded)
+    return summary
+
+
+def _write_demo_file(config: DemoConfig, tmp: Path, summary: DemoSummary, progress: bool) -> None:
+    from tqdm import tqdm
+
+    instructions: set[str] = set()
     with h5py.File(tmp, "w") as f, tqdm(total=config.episodes, desc="demos", unit="demo", disable=not progress) as bar:
         data = f.create_group("data")
         for episode in iter_expert_episodes(config):
@@ -254,10 +266,6 @@ def write_demos(config: DemoConfig, out: str | Path, progress: bool = True) -> D
                 "problem_name": config.dataset_name, "domain_name": config.suite,
                 "language_instruction": next(iter(instructions)),
             })
-    tmp.replace(out)
-    logger.info("wrote %d demos (%d steps) to %s; discarded %d failed rollouts",
-                summary.written, summary.total_steps, out, summary.discarded)
-    return summary
 
 
 def _write_episode(data: h5py.Group, name: str, ep: Episode, compression: str | None) -> None:

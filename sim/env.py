@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from sim import scene  # noqa: E402
 from sim.errors import ActionError, SimConfigError, unknown_name  # noqa: E402
-from sim.tasks import COLOURS, SPLITS, TaskInstance, get_family, get_split  # noqa: E402
+from sim.tasks import COLOURS, FAMILIES, SPLITS, TaskInstance, get_family, get_split  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -429,8 +429,6 @@ def list_families(suite: str = "tabletop") -> list[str]:
     """Names of the task families of `suite`."""
     if suite not in SUITES:
         raise unknown_name("suite", suite, SUITES)
-    from sim.tasks import FAMILIES
-
     return list(FAMILIES)
 
 

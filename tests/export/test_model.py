@@ -167,3 +167,13 @@ def test_init_is_deterministic():
     init_weights(a, seed=3)
     init_weights(b, seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_in_place_updates_never_touch_the_checkpoint_file(tiny_ckpt):
+    # Same-dtype loads may alias the memory-mapped shard; training writes must stay private.
+    model, _ = load_model(tiny_ckpt)
+    with torch.no_grad():
+        model.projector.fc1.weight.add_(1.0)
+    again, _ = load_model(tiny_ckpt)
+    assert not torch.equal(model.projector.fc1.weight, again.projector.fc1.weight)
+    torch.testing.assert_close(model.projector.fc1.weight - 1.0, again.projector.fc1.weight)

@@ -198,3 +198,28 @@ def test_demo_config_validation() -> None:
         DemoConfig(episodes=0)
     with pytest.raises(SimConfigError, match="max_attempts"):
         DemoConfig(episodes=5, max_attempts=2)
+
+
+def test_failed_rollouts_are_discarded_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import sim.data
+
+    real = sim.data.run_expert_episode
+
+    def every_other_fails(family: str, split: str, seed: int, image_size: int = 128):
+        episode = real(family, split, seed, image_size)  # a real rollout; only its verdict is overridden
+        return dataclasses.replace(episode, success=episode.success and seed % 2 == 0)
+
+    monkeypatch.setattr(sim.data, "run_expert_episode", every_other_fails)
+    summary = write_demos(DemoConfig(episodes=2, families=("push",), image_size=16), tmp_path / "d.hdf5",
+                          progress=False)
+    assert (summary.written, summary.discarded) == (2, 1)
+    assert summary.per_family == {"push": {"written": 2, "discarded": 1}}
+    with DemoReader(tmp_path / "d.hdf5") as reader:
+        assert [reader._data[k].attrs["seed"] for k in reader.demo_keys] == [0, 2]
+
+    with pytest.raises(DatasetError, match="max_attempts"):
+        write_demos(DemoConfig(episodes=3, families=("push",), image_size=16, max_attempts=3),
+                    tmp_path / "e.hdf5", progress=False)
+    assert not list(tmp_path.glob("e.hdf5*"))  # no partial file left behind
