@@ -72,7 +72,7 @@ def vocabulary() -> list[tuple[str, float]]:
 
 def write_tokenizer(out: str | Path, model_max_length: int = 2048) -> Path:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``out``."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +80,10 @@ def write_tokenizer(out: str | Path, model_max_length: int = 2048) -> Path:
     tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPIECE), normalizers.Replace(" ", SPIECE)])
     tok.decoder = decoders.Sequence(
         [decoders.Replace(SPIECE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    # As Llama-2's tokenizer.json: BOS added by the post-processor when special tokens are on.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
     )
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in ("<unk>", "<s>", "</s>")])
     tok.add_special_tokens([AddedToken("<PAD>", normalized=False, special=True)])

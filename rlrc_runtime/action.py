@@ -106,9 +106,12 @@ def action_stats(norm_stats: Mapping[str, Any] | None, unnorm_key: str | None) -
     for name in ("q01", "q99"):
         if name not in act:
             raise NormStatsError(f"norm_stats[{key!r}]['action'] lacks {name!r}; it needs q01, q99 (and optionally mask)")
-    q01 = np.asarray(act["q01"], dtype=np.float64)
-    q99 = np.asarray(act["q99"], dtype=np.float64)
-    mask = np.asarray(act.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
+    try:
+        q01 = np.asarray(act["q01"], dtype=np.float64)
+        q99 = np.asarray(act["q99"], dtype=np.float64)
+        mask = np.asarray(act.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
+    except (TypeError, ValueError) as exc:
+        raise NormStatsError(f"norm_stats[{key!r}]['action']: q01/q99/mask must be lists of numbers ({exc})") from exc
     if q01.ndim != 1 or q01.shape != q99.shape or mask.shape != q01.shape or q01.size == 0:
         raise NormStatsError(
             f"norm_stats[{key!r}]['action']: q01 {q01.shape}, q99 {q99.shape} and mask {mask.shape} "

@@ -73,6 +73,14 @@ def read_config(path: str | Path) -> VLAConfig:
             "(config.json + *.safetensors + tokenizer), e.g. one written by `rlrc-export make-tiny`"
         )
     raw = read_json(cfg_path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}; the file is not an OpenVLA config")
+    stats = raw.get("norm_stats")
+    if stats is not None and not (isinstance(stats, dict) and all(isinstance(v, dict) for v in stats.values())):
+        raise NormStatsError(
+            f"{cfg_path}: norm_stats must be an object {{dataset_key: {{'action': {{q01, q99, mask}}, ...}}}}, "
+            f"got {type(stats).__name__}"
+        )
     try:
         config = VLAConfig.from_hf_dict(raw, source=str(cfg_path))
     except ConfigError as exc:

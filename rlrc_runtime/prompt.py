@@ -8,7 +8,6 @@ post-processor, because LlamaTokenizerFast rebuilds that post-processor from ``a
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,11 @@ class PromptTokenizer:
         path = Path(path)
         tcfg = {}
         if (path / "tokenizer_config.json").is_file():
-            tcfg = json.loads((path / "tokenizer_config.json").read_text())
+            from rlrc_runtime.checkpoint import read_json  # checkpoint reading lives there
+
+            tcfg = read_json(path / "tokenizer_config.json")
+            if not isinstance(tcfg, dict):
+                raise CheckpointError(f"{path / 'tokenizer_config.json'}: expected a JSON object")
         add_bos = bool(tcfg.get("add_bos_token", True))
         if (path / "tokenizer.json").is_file():
             from tokenizers import Tokenizer

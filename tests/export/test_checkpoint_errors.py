@@ -130,7 +130,6 @@ def test_config_json_not_valid_json(loader, ckpt_copy):
     assert str(ckpt / "config.json") in str(exc.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config.json holding a JSON array/string escapes as TypeError from dict(cfg)")
 @pytest.mark.parametrize("content", ["[1, 2]", '"openvla"'])
 def test_config_json_not_an_object(ckpt_copy, content):
     ckpt = ckpt_copy()
@@ -417,7 +416,6 @@ def test_malformed_second_dataset_rejected_at_load(ckpt_copy):
         load_policy(ckpt)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: non-numeric q01/q99 or non-dict norm_stats escape as ValueError/TypeError")
 @pytest.mark.parametrize(
     "edit",
     [
