@@ -21,9 +21,11 @@ EXTRAS = {
         "ros-jazzy-trajectory-msgs",
     ],
     "realsense": ["pyrealsense2>=2.54"],
-    "onnx": ["onnxruntime>=1.17"],
+    # Bundles: ONNX export (torch.onnx dynamo exporter needs onnxscript), onnxruntime backend and
+    # quantization, rlrc-bench plots.
+    "onnx": ["onnxruntime>=1.17", "onnx>=1.16", "onnxscript>=0.2", "matplotlib>=3.7"],
     # GPU only: never installed by the default set-up commands.
-    "tensorrt": ["tensorrt", "cuda-python", "onnxruntime-gpu"],
+    "tensorrt": ["tensorrt", "cuda-python", "onnxruntime-gpu", "nvidia-ml-py"],
     "dev": ["pytest>=7", "pytest-timeout>=2", "transformers>=4.40"],
 }
 
@@ -51,6 +53,11 @@ setup(
             "rlrc-export = export.cli:main",
             "rlrc-predict = rlrc_runtime.cli:main",
             "rlrc-sim = sim.cli:main",
+            "rlrc-node = ros_nodes.vla_node:main",
+            "vla_node = ros_nodes.vla_node:main",
+            "sim_robot_node = ros_nodes.sim_robot_node:main",
+            "rlrc-closed-loop = ros_nodes.closed_loop:main",
+            "rlrc-calib = calibration.cli:main",
         ],
     },
 )

@@ -50,57 +50,69 @@ def _timeit(fn: Callable[[], None], n: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench_frame(size: int, n: int) -> dict[str, float]:
-    """Per-frame render cost and per-step physics cost of one env, milliseconds."""
-    env = sim.make_env(family="stack", seed=0, image_size=size)
-    env.reset()
-    env._render()  # first frame creates the GL context; not part of the steady state
-    render_s = _timeit(env._render, n)
-    env.close()
-    blind = sim.make_env(family="stack", seed=0, image_size=size, render_mode=None)
+def _blocks(fn: Callable[[], None], n: int, repeats: int) -> list[float]:
+    """Seconds per call of `fn`, for `repeats` blocks of `n` calls (the machine may be shared)."""
+    return [_timeit(fn, n) / n for _ in range(repeats)]
+
+
+def bench_frames(sizes: list[int], n: int, repeats: int) -> dict[int, dict[str, float]]:
+    """Per-frame render cost and per-step physics cost, milliseconds, best block.
+
+    Sizes are measured interleaved (128, 224, 128, 224, ...) so that load from other jobs on a
+    shared machine hits every size alike instead of whichever happened to run during a spike.
+    """
+    envs = {size: sim.make_env(family="stack", seed=0, image_size=size) for size in sizes}
+    for env in envs.values():
+        env.reset()
+        env._render()  # the first frame creates the GL context; not part of the steady state
+    render: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(repeats):
+        for size, env in envs.items():
+            render[size].extend(_blocks(env._render, n, 1))
+    for env in envs.values():
+        env.close()
+    blind = sim.make_env(family="stack", seed=0, image_size=sizes[0], render_mode=None)
     blind.reset()
-    actions = _random_actions(n, None)
-    it = iter(actions)
+    actions = iter(_random_actions(n * repeats, None))
 
     def physics_step() -> None:
-        _, _, term, trunc, _ = blind.step(next(it))
+        _, _, term, trunc, _ = blind.step(next(actions))
         if term or trunc:
             blind.reset()
 
-    physics_s = _timeit(physics_step, n)
-    return {"render_ms": 1e3 * render_s / n, "step_no_render_ms": 1e3 * physics_s / n}
+    physics = 1e3 * min(_blocks(physics_step, n, repeats))
+    return {size: {"render_ms": 1e3 * min(render[size]), "step_no_render_ms": physics} for size in sizes}
 
 
-def bench_single(size: int, n: int) -> float:
+def bench_single(size: int, n: int, repeats: int) -> list[float]:
+    """Env steps per second of one env, one figure per block of `n` steps."""
     env = sim.make_env(family="pick", seed=0, image_size=size)
     env.reset()
-    actions = _random_actions(n + 20, None)
-    for a in actions[:20]:  # warm-up
-        env.step(a)
-    t0 = time.perf_counter()
-    for a in actions[20:]:
-        _, _, term, trunc, _ = env.step(a)
+    actions = iter(_random_actions(n * repeats + 20, None))
+    for _ in range(20):  # warm-up
+        env.step(next(actions))
+
+    def step() -> None:
+        _, _, term, trunc, _ = env.step(next(actions))
         if term or trunc:
             env.reset()
-    dt_s = time.perf_counter() - t0
+
+    rates = [1.0 / s for s in _blocks(step, n, repeats)]
     env.close()
-    return n / dt_s
+    return rates
 
 
-def bench_vector(size: int, n: int, num_envs: int, mode: str) -> float:
-    """Env steps per second (batch steps x num_envs)."""
+def bench_vector(size: int, n: int, num_envs: int, mode: str, repeats: int) -> list[float]:
+    """Env steps per second (batch steps x num_envs), one figure per block of `n` env steps."""
     venv = sim.make_vector_env(sim.list_families(), num_envs=num_envs, seed=0, image_size=size, mode=mode)
     venv.reset(seed=0)
     batches = max(1, n // num_envs)
-    actions = _random_actions(batches + 5, num_envs)
-    for a in actions[:5]:
-        venv.step(a)
-    t0 = time.perf_counter()
-    for a in actions[5:]:
-        venv.step(a)
-    dt_s = time.perf_counter() - t0
+    actions = iter(_random_actions(batches * repeats + 5, num_envs))
+    for _ in range(5):
+        venv.step(next(actions))
+    rates = [num_envs / s for s in _blocks(lambda: venv.step(next(actions)), batches, repeats)]
     venv.close()
-    return batches * num_envs / dt_s
+    return rates
 
 
 def _gl_renderer() -> str:
@@ -128,20 +140,24 @@ def _nproc() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=400, help="env steps timed per configuration")
+    p.add_argument("--repeats", type=int, default=3, help="timed blocks per configuration; the best is reported")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 224], help="image sizes, pixels")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help="where sim_speed.json/.md go")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    load_before = os.getloadavg()
+    frames = bench_frames(args.sizes, args.steps, 3 * args.repeats)
     rows = []
     for size in args.sizes:
-        frame = bench_frame(size, args.steps)
+        frame = frames[size]
         logger.info("%dpx: render %.2f ms/frame, physics %.2f ms/step", size, frame["render_ms"], frame["step_no_render_ms"])
-        configs = [("single", 1, "none")] + [("sync", 4, "sync"), ("async", 2, "async"), ("async", 4, "async")]
-        for label, k, mode in configs:
-            sps = bench_single(size, args.steps) if mode == "none" else bench_vector(size, args.steps, k, mode)
-            logger.info("%dpx %s x%d: %.0f env steps/s", size, label, k, sps)
-            rows.append({"image_size": size, "mode": label, "num_envs": k, "env_steps_per_s": round(sps, 1),
+        for label, k in [("single", 1), ("sync", 4), ("async", 2), ("async", 4)]:
+            rates = (bench_single(size, args.steps, args.repeats) if label == "single"
+                     else bench_vector(size, args.steps, k, label, args.repeats))
+            logger.info("%dpx %s x%d: %s env steps/s", size, label, k, [round(r) for r in rates])
+            rows.append({"image_size": size, "mode": label, "num_envs": k,
+                         "env_steps_per_s": round(max(rates), 1), "env_steps_per_s_median": round(float(np.median(rates)), 1),
                          **{k2: round(v, 3) for k2, v in frame.items()}})
     result = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.sim_speed", *(argv or sys.argv[1:])]),
@@ -150,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "nproc": _nproc(), "python": platform.python_version(), "gl": _gl_renderer(),
             "MUJOCO_GL": os.environ.get("MUJOCO_GL"), "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS", "(unset)"),
+            "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         },
         "versions": {"mujoco": __import__("mujoco").__version__, "gymnasium": __import__("gymnasium").__version__},
-        "steps_per_config": args.steps,
+        "steps_per_block": args.steps,
+        "repeats": args.repeats,
         "control_hz": round(1 / sim.scene.CONTROL_DT, 1),
         "results": rows,
     }
@@ -167,14 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         f"- rendering: MUJOCO_GL={m['MUJOCO_GL']}, {m['gl']}, LP_NUM_THREADS={m['LP_NUM_THREADS']}",
         f"- mujoco {result['versions']['mujoco']}, gymnasium {result['versions']['gymnasium']}; "
         f"control at {result['control_hz']} Hz ({sim.scene.SUBSTEPS} physics substeps per env step); "
-        f"{args.steps} env steps timed per row, random actions, auto-reset", "",
-        "| image | mode | envs | env steps/s | render ms/frame | step w/o render ms |",
+        f"random actions, auto-reset; best (and median) of {args.repeats} blocks of {args.steps} env steps",
+        f"- 1-minute load average before/after: {m['loadavg_1min_before_after']} (other jobs share this machine)", "",
+        "| image | mode | envs | env steps/s best (median) | render ms/frame | step w/o render ms |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['image_size']} | {r['mode']} | {r['num_envs']} | {r['env_steps_per_s']:.0f} | "
-                     f"{r['render_ms']:.2f} | {r['step_no_render_ms']:.2f} |")
-    lines += ["", "CPU timings on a shared machine: read them as ratios within this run."]
+        lines.append(f"| {r['image_size']} | {r['mode']} | {r['num_envs']} | {r['env_steps_per_s']:.0f} "
+                     f"({r['env_steps_per_s_median']:.0f}) | {r['render_ms']:.2f} | {r['step_no_render_ms']:.2f} |")
+    lines += ["", "Render and physics columns are per env, best block, measured in this process. CPU timings:",
+              "read them as ratios within this run."]
     (args.out_dir / "sim_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

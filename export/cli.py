@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import shlex
 import sys
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 from rlrc_runtime.cli_args import add_arguments, from_namespace
-from rlrc_runtime.errors import RLRCError
+from rlrc_runtime.errors import ConfigError, RLRCError
 
 log = logging.getLogger("rlrc-export")
 
@@ -87,6 +91,122 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def _with_config(name: str, config_cls: type, *leading: tuple[str, type, Any]) -> type:
+    """A frozen CLI dataclass: ``leading`` fields, then every field of ``config_cls`` (one source of help)."""
+    hints = typing.get_type_hints(config_cls)
+    fields = [*leading, *((f.name, hints[f.name], dataclasses.field(default=f.default, metadata=f.metadata))
+                          if f.default is not dataclasses.MISSING else (f.name, hints[f.name], dataclasses.field(metadata=f.metadata))
+                          for f in dataclasses.fields(config_cls))]
+    def required(f: tuple) -> bool:
+        return f[2].default is dataclasses.MISSING and f[2].default_factory is dataclasses.MISSING
+
+    fields = [f for f in fields if required(f)] + [f for f in fields if not required(f)]
+    return dataclasses.make_dataclass(name, fields, frozen=True)
+
+
+def _pick(config_cls: type, args: Any) -> Any:
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+
+
+def _command() -> str:
+    return shlex.join(["rlrc-export", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("rlrc-export") else ""
+
+
+_OUT = ("out", str, field(metadata={"help": "output bundle directory"}))
+_OVERWRITE = ("overwrite", bool, field(default=False, metadata={"help": "replace an existing directory at --out"}))
+_BUNDLE = ("bundle", str, field(metadata={"help": "bundle directory (written by `rlrc-export onnx`)"}))
+_CKPT = ("checkpoint", str, field(metadata={"help": "OpenVLA checkpoint directory"}))
+
+
+def _onnx_args() -> type:
+    from export.onnx_export import OnnxExportConfig
+
+    return _with_config("OnnxArgs", OnnxExportConfig, _CKPT, _OUT, _OVERWRITE)
+
+
+def _quantize_args() -> type:
+    from export.quantize_deploy import QuantizeConfig
+
+    return _with_config("QuantizeArgs", QuantizeConfig, _BUNDLE, _OUT, _OVERWRITE)
+
+
+def _engine_args() -> type:
+    from export.engine import EngineConfig
+
+    return _with_config("EngineArgs", EngineConfig, _BUNDLE)
+
+
+@dataclass(frozen=True)
+class PipelineArgs:
+    checkpoint: str = field(metadata={"help": "OpenVLA checkpoint directory"})
+    out: str = field(metadata={"help": "output bundle directory"})
+    quantize: str = field(default="fp32", metadata={"help": "final precision of the LLM graphs", "choices": ["fp32", "fp16", "int8", "int4"]})
+    target: str = field(default="onnxruntime", metadata={"help": "runtime the bundle is for; 'tensorrt' also builds engines (on this GPU)",
+                                                         "choices": ["onnxruntime", "tensorrt"]})
+    max_seq_len: int | None = field(default=None, metadata={"help": "static cache length (default: patches + 128)"})
+    embeddings: str = field(default="host", metadata={"help": "text embeddings looked up on the 'host' or in the 'graph'", "choices": ["host", "graph"]})
+    head: str = field(default="full", metadata={"help": "'full' vocabulary head or 'action' rows only", "choices": ["full", "action"]})
+    exporter: str = field(default="dynamo", metadata={"help": "torch.onnx exporter", "choices": ["dynamo", "torchscript"]})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing bundle at --out"})
+
+    def __post_init__(self) -> None:
+        if self.target == "tensorrt" and self.quantize in ("int8", "int4"):
+            raise ConfigError(
+                f"--quantize {self.quantize} --target tensorrt: onnxruntime's int8/int4 graphs use ops TensorRT does not run; "
+                "use --quantize fp16 for TensorRT (explicit Q/DQ INT8/FP8/INT4 engines need a Q/DQ-quantized ONNX)"
+            )
+        if self.target == "tensorrt" and self.embeddings != "host":
+            raise ConfigError("--target tensorrt needs --embeddings host (the engines take embeddings)")
+
+
+def cmd_onnx(args: Any) -> None:
+    from export.onnx_export import OnnxExportConfig, export_onnx
+
+    out = export_onnx(args.checkpoint, args.out, _pick(OnnxExportConfig, args), overwrite=args.overwrite, command=_command() or None)
+    print(f"wrote bundle {out}")
+
+
+def cmd_quantize(args: Any) -> None:
+    from export.quantize_deploy import QuantizeConfig, quantize_bundle
+
+    out = quantize_bundle(args.bundle, args.out, _pick(QuantizeConfig, args), overwrite=args.overwrite, command=_command() or None)
+    print(f"wrote bundle {out}")
+
+
+def cmd_engine(args: Any) -> None:
+    from export.engine import EngineConfig, build_engines
+
+    out = build_engines(args.bundle, _pick(EngineConfig, args), command=_command() or None)
+    print(f"built engines in {out}/engines")
+
+
+def cmd_pipeline(args: PipelineArgs) -> None:
+    """Every stage that exists today: onnx export -> quantize -> engine (pruning/recovery arrive later)."""
+    import shutil
+    from pathlib import Path
+
+    from export.engine import EngineConfig, build_engines
+    from export.onnx_export import OnnxExportConfig, export_onnx
+    from export.quantize_deploy import QuantizeConfig, quantize_bundle
+
+    out = Path(args.out)
+    onnx_cfg = OnnxExportConfig(precision="fp16" if args.quantize == "fp16" else "fp32", max_seq_len=args.max_seq_len,
+                                embeddings=args.embeddings, head=args.head, exporter=args.exporter)
+    command = _command() or None
+    if args.quantize in ("int8", "int4"):
+        stage_dir = out.parent / f".{out.name}.fp32"
+        export_onnx(args.checkpoint, stage_dir, onnx_cfg, overwrite=True, command=command)
+        try:
+            quantize_bundle(stage_dir, out, QuantizeConfig(precision=args.quantize), overwrite=args.overwrite, command=command)
+        finally:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+    else:
+        export_onnx(args.checkpoint, out, onnx_cfg, overwrite=args.overwrite, command=command)
+    if args.target == "tensorrt":
+        build_engines(out, EngineConfig(precision="fp16" if args.quantize == "fp16" else "fp32"), command=command)
+    print(f"wrote bundle {out} ({args.quantize}, target {args.target})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlrc-export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -99,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a checkpoint's dimensions, parameter counts and files")
     add_arguments(p, InspectArgs)
     p.set_defaults(run=cmd_inspect, args_cls=InspectArgs)
+    for name, factory, run, text in (
+        ("onnx", _onnx_args, cmd_onnx, "export vision/prefill/decode ONNX graphs into a bundle"),
+        ("quantize", _quantize_args, cmd_quantize, "int8/int4 LLM graphs (onnxruntime.quantization) into a new bundle"),
+        ("engine", _engine_args, cmd_engine, "build TensorRT engines for this GPU into the bundle (run on the target)"),
+    ):
+        cls = factory()
+        p = sub.add_parser(name, help=text)
+        add_arguments(p, cls)
+        p.set_defaults(run=run, args_cls=cls)
+    p = sub.add_parser("pipeline", help="checkpoint -> bundle: every stage that exists (onnx, quantize, engine)")
+    add_arguments(p, PipelineArgs)
+    p.set_defaults(run=cmd_pipeline, args_cls=PipelineArgs)
     return parser
 
 

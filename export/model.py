@@ -368,11 +368,17 @@ class OpenVLA(nn.Module):
         tok = self.language_model.model.embed_tokens(input_ids)
         return torch.cat([tok[:, :1], patch_embeds.to(tok.dtype), tok[:, 1:]], dim=1)
 
+    def hidden_states(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [B, P + T, hidden] of ``[BOS, patches, ids[1:]]`` (no cache).
+
+        Text token j >= 1 sits at position P + j and is predicted from position P + j - 1.
+        """
+        embeds = self.multimodal_embeds(input_ids, self.embed_image(pixel_values))
+        return self.language_model.model(embeds)
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Training/scoring pass without a cache: logits [B, P + T, vocab] (float32)."""
-        embeds = self.multimodal_embeds(input_ids, self.embed_image(pixel_values))
-        hidden = self.language_model.model(embeds)
-        return self.language_model.lm_head(hidden).float()
+        return self.language_model.lm_head(self.hidden_states(pixel_values, input_ids)).float()
 
     @torch.inference_mode()
     def generate(self, patch_embeds: torch.Tensor, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:

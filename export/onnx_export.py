@@ -25,11 +25,26 @@ argmax is an action token, which is what a trained OpenVLA emits at every action
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from export.model import LlamaDecoderLayer, OpenVLA, rotate_half
+from rlrc_runtime.errors import ConfigError, RLRCError
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("dynamo", "torchscript")
 
 
 class VisionGraph(nn.Module):
@@ -105,8 +120,12 @@ class _LLMGraph(nn.Module):
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
     def head(self, hidden_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden of the last position [1, hidden] -> (token [1] int64, logits [1, V'] float32)."""
-        logits = F.linear(self.norm(hidden_last), self.lm_head_weight).float()
+        """hidden of the last position [1, 1, hidden] -> (token [1] int64, logits [1, V'] float32).
+
+        Kept 3-D so the exporter emits a MatMul with a constant [hidden, V'] weight, the form the
+        weight quantizers (MatMulInteger, MatMulNBits) rewrite.
+        """
+        logits = torch.matmul(self.norm(hidden_last), self.lm_head_weight.t()).float()[:, 0]  # [1, V']
         token = logits.argmax(dim=-1) + self.head_offset
         return token, logits
 
@@ -137,7 +156,7 @@ class PrefillGraph(_LLMGraph):
                 x = self.attn_out(layer, x, out)
                 presents += [k, v]
             x = self.mlp(layer, x)
-        token, logits = self.head(x[:, -1])
+        token, logits = self.head(x[:, -1:])
         return (token, logits, *presents)
 
 
@@ -168,5 +187,271 @@ class DecodeGraph(_LLMGraph):
                 x = self.attn_out(layer, x, out)
                 news += [k, v]
             x = self.mlp(layer, x)
-        token, logits = self.head(x[:, -1])
+        token, logits = self.head(x[:, -1:])
         return (token, logits, *news)
+
+
+# --------------------------------------------------------------------------- the export stage
+
+
+class ExportError(RLRCError):
+    """A graph could not be exported, or the exported graph disagrees with the PyTorch model."""
+
+
+@dataclass(frozen=True)
+class OnnxExportConfig:
+    """How `rlrc-export onnx` turns a checkpoint into a bundle of three ONNX graphs."""
+
+    precision: str = field(default="fp32", metadata={"help": "weights and activations of the graphs",
+                                                     "choices": ["fp32", "fp16"]})
+    """'fp32' or 'fp16' (quantize an fp32 bundle afterwards for int8/int4)."""
+    max_seq_len: int | None = field(default=None, metadata={
+        "help": "static cache length S_max (1 + patches + prompt + action tokens must fit); default patches + 128"})
+    """Static cache length; None = patches + 128 (OpenVLA prompts are 15-40 tokens)."""
+    embeddings: str = field(default="host", metadata={
+        "help": "where text embeddings are looked up: 'host' (numpy table in the bundle) or 'graph'",
+        "choices": ["host", "graph"]})
+    """'host': the table is embed_tokens.npy and the graphs take embeddings; 'graph': they take ids."""
+    head: str = field(default="full", metadata={
+        "help": "'full' vocabulary argmax (OpenVLA) or 'action': only the n_bins action rows of lm_head",
+        "choices": ["full", "action"]})
+    """'action' keeps only the action rows of lm_head; equal to 'full' whenever the full argmax is an action token."""
+    exporter: str = field(default="dynamo", metadata={"help": "torch.onnx exporter", "choices": list(EXPORTERS)})
+    """'dynamo' (torch.export + onnxscript, the maintained path) or 'torchscript' (legacy, faster to run)."""
+    opset: int = field(default=18, metadata={"help": "ONNX opset"})
+    """ONNX opset version of the graphs."""
+    check: bool = field(default=True, metadata={"help": "run the exported graphs once with ONNX Runtime against PyTorch"})
+    """Compare one random input through ONNX Runtime and PyTorch and record the errors in the manifest."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "fp16"):
+            raise ConfigError(f"precision={self.precision!r}: export writes 'fp32' or 'fp16'; "
+                              "use `rlrc-export quantize` on an fp32 bundle for 'int8'/'int4'")
+        if self.embeddings not in ("host", "graph"):
+            raise ConfigError(f"embeddings={self.embeddings!r}; choose 'host' or 'graph'")
+        if self.head not in ("full", "action"):
+            raise ConfigError(f"head={self.head!r}; choose 'full' or 'action'")
+        if self.exporter not in EXPORTERS:
+            raise ConfigError(f"exporter={self.exporter!r}; choose one of {EXPORTERS}")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise ConfigError(f"max_seq_len={self.max_seq_len} is too small; it must hold BOS, the patches and the prompt")
+        if self.opset < 17:
+            raise ConfigError(f"opset={self.opset}: the graphs need opset >= 17 (LayerNormalization)")
+
+
+def cache_names(cache_layers: list[int], prefix: str) -> list[str]:
+    """['{prefix}key_{i}', '{prefix}value_{i}', ...] in cache order."""
+    return [f"{prefix}{kv}_{i}" for i in cache_layers for kv in ("key", "value")]
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+            cfg: OnnxExportConfig, dynamic: dict[str, dict[int, tuple[str, int, int]]]) -> None:
+    """One torch.onnx.export call; ``dynamic`` maps input/output name -> {axis: (name, min, max)}."""
+    kwargs: dict[str, Any] = {"input_names": input_names, "output_names": output_names, "opset_version": cfg.opset}
+    if cfg.exporter == "dynamo":
+        dims: dict[str, Any] = {}
+        shapes = []
+        for name in input_names:
+            axes = dynamic.get(name, {})
+            spec = {}
+            for axis, (dim_name, lo, hi) in axes.items():
+                dims.setdefault(dim_name, torch.export.Dim(dim_name, min=lo, max=hi))
+                spec[axis] = dims[dim_name]
+            shapes.append(spec or None)
+        # forward(*inputs) takes the inputs as one tuple argument; forward(a, b, *past) as (a, b, (past...)).
+        kwargs.update(dynamo=True, dynamic_shapes=_shape_structure(module, shapes) if dims else None,
+                      verbose=False, optimize=True)
+    else:
+        kwargs.update(dynamo=False, dynamic_axes={n: {a: d[0] for a, d in ax.items()} for n, ax in dynamic.items()},
+                      do_constant_folding=True)
+    quiet = io.StringIO()
+    # The dynamo exporter warns once per torchvision op it cannot register (no torchvision here, by design).
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    for chatty in ("onnx_ir", "onnxscript"):  # per-initializer INFO lines from the graph optimizer
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), **kwargs)
+    except Exception as exc:  # the exporters raise many types; name the graph and keep the cause
+        raise ExportError(f"exporting {path.name} with the {cfg.exporter} exporter failed: {type(exc).__name__}: "
+                          f"{str(exc)[:2000]}; try --exporter {'torchscript' if cfg.exporter == 'dynamo' else 'dynamo'}") from exc
+
+
+def _shape_structure(module: nn.Module, shapes: list[Any]) -> tuple:
+    if isinstance(module, PrefillGraph):
+        return (tuple(shapes),)
+    if isinstance(module, DecodeGraph):
+        return (shapes[0], shapes[1], tuple(shapes[2:]))
+    return tuple(shapes)
+
+
+def export_graphs(model: OpenVLA, cfg: OnnxExportConfig, work: Path) -> dict[str, Any]:
+    """Export vision/prefill/decode into ``work`` -> {'paths', 'max_seq_len', 'cache_layers', ...}."""
+    config = model.config
+    llm = config.llm
+    P, H, D = config.num_patches, llm.hidden_size, llm.head_dim
+    max_seq_len = cfg.max_seq_len or P + 128
+    if max_seq_len < P + 3:
+        raise ConfigError(f"max_seq_len={max_seq_len} cannot hold BOS, {P} patches and a prompt; use >= {P + 16}")
+    dtype = model.dtype
+    in_graph = cfg.embeddings == "graph"
+    action_head = cfg.head == "action"
+    vision = VisionGraph(model).eval()
+    prefill = PrefillGraph(model, action_head, in_graph).eval()
+    decode = DecodeGraph(model, action_head, in_graph).eval()
+    layers = prefill.cache_layers
+    if not layers:
+        raise ExportError("every layer's attention was pruned away; a decoder without attention cannot use a KV cache")
+    S = config.image_size
+    C = 3 * len(config.towers)
+    paths = {name: work / f"{name}.onnx" for name in ("vision", "prefill", "decode")}
+    gen = torch.Generator().manual_seed(0)
+    t_ids = 24  # sample prompt length: BOS + ~22 tokens + 29871
+    with torch.no_grad():
+        start = time.perf_counter()
+        _export(vision, (torch.randn(1, C, S, S, generator=gen),), paths["vision"], ["pixel_values"], ["patches"], cfg, {})
+        log.info("exported vision graph in %.1f s", time.perf_counter() - start)
+
+        start = time.perf_counter()
+        presents = cache_names(layers, "present_")
+        seq_max = max_seq_len - 1  # at least one decode position stays free
+        if in_graph:
+            args = (torch.randint(0, 32000, (1, t_ids), generator=gen), torch.randn(1, P, H, generator=gen).to(dtype))
+            names = ["input_ids", "patches"]
+            dyn = {"input_ids": {1: ("ids", 2, seq_max - P)}}
+        else:
+            args = (torch.randn(1, 1 + P + t_ids - 1, H, generator=gen).to(dtype),)
+            names = ["inputs_embeds"]
+            dyn = {"inputs_embeds": {1: ("seq", P + 2, seq_max)}}
+        dyn.update({n: {2: ("seq", P + 2, seq_max)} for n in presents})
+        _export(prefill, args, paths["prefill"], names, ["token", "logits", *presents], cfg, dyn)
+        log.info("exported prefill graph in %.1f s", time.perf_counter() - start)
+
+        start = time.perf_counter()
+        past = [torch.zeros(1, llm.num_key_value_heads[i], max_seq_len, D, dtype=dtype) for i in layers for _ in "kv"]
+        tok = torch.tensor([[31800]]) if in_graph else torch.randn(1, 1, H, generator=gen).to(dtype)
+        args = (tok, torch.tensor([P + t_ids]), *past)
+        _export(decode, args, paths["decode"], ["token_id" if in_graph else "token_embeds", "position",
+                *cache_names(layers, "past_")], ["token", "logits", *cache_names(layers, "")], cfg, {})
+        log.info("exported decode graph in %.1f s", time.perf_counter() - start)
+    return {"paths": paths, "max_seq_len": max_seq_len, "cache_layers": layers,
+            "head_offset": prefill.head_offset}
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, cfg: OnnxExportConfig = OnnxExportConfig(),
+                overwrite: bool = False, command: str | None = None) -> Path:
+    """Checkpoint directory -> bundle directory (three graphs, tokenizer, manifest). Returns ``out``."""
+    import onnx
+
+    from export.bundle import (copy_tokenizer_files, graph_spec, prepare_out, save_graphs, stage_record,
+                               tool_versions, write_bundle)
+    from export.checkpoint import load_model
+    from rlrc_runtime.checkpoint import image_stats
+    from rlrc_runtime.manifest import LLMSpec, Manifest
+    from rlrc_runtime.prompt import PROMPT_TEMPLATE, SPIECE_UNDERLINE_ID, PromptTokenizer
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    model, info = load_model(checkpoint, dtype="float16" if cfg.precision == "fp16" else "float32")
+    config = info.config
+    tmp = prepare_out(out, overwrite)
+    try:
+        with tempfile.TemporaryDirectory() as work_dir:
+            work = Path(work_dir)
+            exported = export_graphs(model, cfg, work)
+            graphs = {name: onnx.load(str(p), load_external_data=True) for name, p in exported["paths"].items()}
+            vision_bytes = save_graphs(tmp, {"vision": graphs["vision"]}, "vision.onnx.data")
+            llm_bytes = save_graphs(tmp, {"prefill": graphs["prefill"], "decode": graphs["decode"]}, "llm.onnx.data")
+        np_dtype = "float16" if cfg.precision == "fp16" else "float32"
+        embed_file = None
+        if cfg.embeddings == "host":
+            embed_file = "embed_tokens.npy"
+            table = model.language_model.model.embed_tokens.weight.detach().cpu().numpy().astype(np_dtype)
+            np.save(tmp / embed_file, table)  # [vocab, hidden]
+        copy_tokenizer_files(checkpoint, tmp)
+        tok = PromptTokenizer.from_dir(checkpoint)
+        means, stds = image_stats(checkpoint, config)
+        layers = exported["cache_layers"]
+        hf = config.to_hf_dict()
+        hf.pop("norm_stats", None)
+        specs = {
+            "vision": graph_spec(graphs["vision"], "vision.onnx", cfg.precision, ("vision.onnx.data",), vision_bytes["vision"]),
+            "prefill": graph_spec(graphs["prefill"], "prefill.onnx", cfg.precision, ("llm.onnx.data",), llm_bytes["prefill"]),
+            "decode": graph_spec(graphs["decode"], "decode.onnx", cfg.precision, ("llm.onnx.data",), llm_bytes["decode"]),
+        }
+        facts: dict[str, Any] = {"source": str(checkpoint.resolve())}
+        manifest = Manifest(
+            model_config=hf,
+            norm_stats=config.norm_stats or {},
+            prompt={"template": PROMPT_TEMPLATE, "bos_token_id": tok.bos_token_id, "add_bos": tok.add_bos,
+                    "append_token_id": SPIECE_UNDERLINE_ID},
+            image={"size": config.image_size, "means": [list(m) for m in means], "stds": [list(s) for s in stds],
+                   "resize": "pil-bicubic"},
+            action={"vocab_size": config.token_vocab_size, "n_bins": config.n_action_bins,
+                    "first_token": config.token_vocab_size - config.n_action_bins},
+            llm=LLMSpec(
+                max_seq_len=exported["max_seq_len"], embeddings=cfg.embeddings, head=cfg.head,
+                head_offset=exported["head_offset"], cache_layers=tuple(layers),
+                kv_heads=tuple(config.llm.num_key_value_heads[i] for i in layers), head_dim=config.llm.head_dim,
+                cache_dtype=np_dtype, embed_file=embed_file,
+            ),
+            graphs=specs,
+            versions=tool_versions(),
+            stages=(stage_record("onnx", cfg, command or f"rlrc-export onnx --checkpoint {checkpoint} --out {out}", **facts),),
+        )
+        if cfg.check:
+            errors = check_against_torch(model, tmp, manifest)
+            manifest = _with_stage_facts(manifest, check=errors)
+        out = write_bundle(tmp, out, manifest)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s (%s, embeddings on the %s, %s head, S_max %d)", out, cfg.precision, cfg.embeddings,
+             cfg.head, exported["max_seq_len"])
+    return out
+
+
+def _with_stage_facts(manifest: Any, **facts: Any) -> Any:
+    import dataclasses
+
+    stages = list(manifest.stages)
+    stages[-1] = {**stages[-1], **facts}
+    return dataclasses.replace(manifest, stages=tuple(stages))
+
+
+def check_against_torch(model: OpenVLA, bundle: Path, manifest: Any, seed: int = 0) -> dict[str, float | bool]:
+    """One random frame + prompt through ONNX Runtime and PyTorch: max-abs errors and token match."""
+    import onnxruntime as ort
+
+    from rlrc_runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(bundle, manifest.vla_config(), manifest=manifest, verify=False)
+    backend.activate()
+    try:
+        rng = np.random.default_rng(seed)
+        c = model.config
+        pixels = rng.standard_normal((1, 3 * len(c.towers), c.image_size, c.image_size)).astype(np.float32)
+        ids = np.concatenate([[1], rng.integers(100, 31000, 20), [29871]]).astype(np.int64)
+        patches = backend.encode_image(pixels)
+        tokens = backend.generate(patches, ids, 7)
+        with torch.inference_mode():
+            ref_patches = model.embed_image(torch.from_numpy(pixels))
+            ref_tokens = model.generate(ref_patches, torch.from_numpy(ids)[None], 7)[0].numpy()
+            embeds = model.multimodal_embeds(torch.from_numpy(ids)[None], ref_patches)
+            hidden = model.language_model.model(embeds)
+            ref_logits = model.language_model.lm_head(hidden[:, -1]).float().numpy()  # [1, vocab]
+        off = manifest.llm.head_offset
+        got = backend.last_logits[0]
+        ref_logits = ref_logits[:, off : off + got.shape[-1]]
+        out = {
+            "vision_max_abs": float(np.abs(patches.astype(np.float32) - ref_patches.float().numpy()).max()),
+            "prefill_logits_max_abs": float(np.abs(got - ref_logits).max()),
+            "tokens_equal": bool(tokens.tolist() == ref_tokens.tolist()),
+            "onnxruntime": ort.__version__,
+        }
+    finally:
+        backend.deactivate()
+    log.info("export check: %s", out)
+    return out

@@ -65,6 +65,20 @@ PRESETS: dict[str, TinyPreset] = {
                               vision_backbone_id="dinov2-vit-l", tower=SMALL_TOWER),
     "tiny-siglip": TinyPreset("single SigLIP tower ('siglip-vit-so400m'), 2-layer projector",
                               vision_backbone_id="siglip-vit-so400m", tower=SMALL_TOWER),
+    "base-128": TinyPreset(
+        "the built-in benchmark's base policy: fused towers (d=64, depth 4) at 128 px / patch 16, "
+        "4-layer Llama (hidden 128, GQA), ~9 M params (8 M of them the 32064-row embeddings)",
+        image_size=128, tower={"embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_dim": 128, "patch_size": 16},
+        hidden_size=128, head_dim=32, num_attention_heads=(4, 4, 4, 4), num_key_value_heads=(2, 2, 2, 2),
+        intermediate_size=(344, 344, 344, 344),
+    ),
+    "mid": TinyPreset(
+        "~250 M params, OpenVLA proportions (LLM ~88 %: 12-layer Llama, hidden 1024, MLP 2816; small fused "
+        "towers at 224 px / patch 14): CPU speed targets",
+        tower={"embed_dim": 384, "depth": 6, "num_heads": 6, "mlp_dim": 1536},
+        hidden_size=1024, head_dim=64, num_attention_heads=(16,) * 12, num_key_value_heads=(16,) * 12,
+        intermediate_size=(2816,) * 12,
+    ),
     "real-vision": TinyPreset(
         "real-size DINOv2 ViT-L + SigLIP so400m towers (~730 M params), 2-layer Llama: parity checks",
         hidden_size=256, head_dim=64, num_attention_heads=(4, 4), num_key_value_heads=(4, 4),

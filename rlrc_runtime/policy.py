@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from rlrc_runtime.action import ActionStats, ActionTokenizer, action_stats, resolve_unnorm_key
-from rlrc_runtime.backends import Backend, backend_class
+from rlrc_runtime.backends import BUNDLE_BACKENDS, Backend, backend_class
 from rlrc_runtime.checkpoint import image_stats, read_checkpoint
 from rlrc_runtime.config import VLAConfig
 from rlrc_runtime.errors import BackendError, RLRCError
+from rlrc_runtime.manifest import is_bundle, read_manifest
 from rlrc_runtime.metrics import StageTimer
 from rlrc_runtime.preprocess import ImageTransform
 from rlrc_runtime.prompt import PromptTokenizer
@@ -117,23 +118,72 @@ class Policy:
                 "llm_layers": self.config.llm.num_layers, **self.backend.describe()}
 
 
-def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", dtype: str = "float32") -> Policy:
-    """Load an OpenVLA-format checkpoint directory as a ready-to-run Policy.
+def load_policy(path: str | Path, backend: str = "auto", device: str = "cpu", dtype: str = "float32",
+                **backend_options: Any) -> Policy:
+    """Load a checkpoint directory or a bundle directory as a ready-to-run Policy.
 
     Args:
-        path: checkpoint directory (config.json, safetensors, tokenizer).
-        backend: 'torch' (the reference); more arrive with bundles.
-        device: 'cpu' or 'cuda[:i]' for the torch backend.
-        dtype: 'float32', 'bfloat16' or 'float16'.
+        path: checkpoint directory (config.json, safetensors, tokenizer) or bundle directory
+            (manifest.json, graphs/engines, tokenizer; written by ``rlrc-export``).
+        backend: 'auto' (checkpoints: 'torch'; bundles: 'tensorrt' when the bundle has engines
+            and TensorRT is installed, else 'onnxruntime'), 'torch', 'onnxruntime' or 'tensorrt'.
+        device: 'cpu' or 'cuda[:i]' (torch, onnxruntime); 'tensorrt[:i]' selects onnxruntime's
+            TensorRT execution provider.
+        dtype: compute dtype of the torch backend ('float32', 'bfloat16', 'float16'); a bundle's
+            precision is fixed by its manifest, so bundles ignore it.
+        backend_options: passed to the backend (e.g. onnxruntime's ``providers``,
+            ``intra_op_num_threads``).
     """
     path = Path(path)
+    if is_bundle(path):
+        return _load_bundle(path, backend, device, dtype, backend_options)
+    if backend == "auto":
+        backend = "torch"
+    if backend in BUNDLE_BACKENDS:
+        raise BackendError(
+            f"backend {backend!r} runs bundles, but {path} is a checkpoint directory (no manifest.json); export one "
+            f"with `rlrc-export pipeline --checkpoint {path} --out BUNDLE`, or use backend='torch'"
+        )
     info = read_checkpoint(path, require_norm_stats=True)
     for key in info.config.norm_stats:  # fail at load, not at the first control step
         action_stats(info.config.norm_stats, key)
     means, stds = image_stats(path, info.config)
     transform = ImageTransform(image_size=info.config.image_size, means=means, stds=stds)
     tokenizer = PromptTokenizer.from_dir(path)
-    runner = backend_class(backend)(path, info.config, device=device, dtype=dtype)
+    runner = backend_class(backend)(path, info.config, device=device, dtype=dtype, **backend_options)
     runner.activate()
     log.info("loaded policy %s with backend %s", path, backend)
     return Policy(path, info.config, runner, tokenizer, transform)
+
+
+def _load_bundle(path: Path, backend: str, device: str, dtype: str, options: dict[str, Any]) -> Policy:
+    """A Policy from a bundle: every fact (config, prompt, image stats, norm_stats) from manifest.json."""
+    manifest = read_manifest(path, verify=options.pop("verify", True))
+    if backend == "auto":
+        backend = "onnxruntime"
+        if manifest.engines:
+            try:
+                import tensorrt  # noqa: F401
+
+                backend = "tensorrt"
+            except ImportError:
+                log.info("bundle %s has TensorRT engines but tensorrt is not installed; using onnxruntime", path)
+    if backend not in BUNDLE_BACKENDS:
+        raise BackendError(
+            f"backend {backend!r} cannot run the bundle {path} (it holds ONNX graphs/engines, not PyTorch weights); "
+            f"use one of {list(BUNDLE_BACKENDS)} or 'auto', or point backend='torch' at the source checkpoint"
+        )
+    config = manifest.vla_config()
+    for key in config.norm_stats or {}:
+        action_stats(config.norm_stats, key)
+    image = manifest.image
+    transform = ImageTransform(image_size=int(image["size"]), means=tuple(tuple(m) for m in image["means"]),
+                               stds=tuple(tuple(s) for s in image["stds"]))
+    tokenizer = PromptTokenizer.from_dir(path)
+    tokenizer.template = manifest.prompt.get("template", tokenizer.template)
+    if dtype not in ("float32", manifest.precision):
+        log.info("dtype=%s ignored: bundle %s is %s (its manifest decides)", dtype, path, manifest.precision)
+    runner = backend_class(backend)(path, config, device=device, manifest=manifest, **options)
+    runner.activate()
+    log.info("loaded bundle %s (%s) with backend %s", path, manifest.precision, backend)
+    return Policy(path, config, runner, tokenizer, transform)

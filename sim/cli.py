@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--max-attempts", type=int, default=None, help="give up after this many rollouts (default 2N+20)")
     d.add_argument("--compression", default="lzf", choices=["lzf", "gzip", "none"], help="image compression")
     d.add_argument("--dataset-name", default=DEFAULT_DATASET_NAME, help="norm_stats key stored in the file")
+    d.add_argument("--action-noise", type=float, default=0.0,
+                   help="DART: noise on executed actions as a fraction of the step limits; labels stay clean")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     n = sub.add_parser("norm-stats", help="OpenVLA-style norm_stats of a demo file (ours or LIBERO)")
@@ -58,6 +60,7 @@ def _cmd_demos(args: argparse.Namespace) -> int:
         suite=args.suite, episodes=args.episodes, families=tuple(args.families), split=args.split,
         seed=args.seed, image_size=args.image_size, workers=args.workers, max_attempts=args.max_attempts,
         compression=None if args.compression == "none" else args.compression, dataset_name=args.dataset_name,
+        action_noise=args.action_noise,
     )
     summary = write_demos(config, args.out, progress=not args.no_progress)
     # The resolved config and the outcome travel next to the data.

@@ -82,8 +82,15 @@ class Episode:
 _ENV_CACHE: dict[tuple[str, str, int], Any] = {}
 
 
-def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128) -> Episode:
-    """Roll out the family's scripted expert once from `reset(seed=seed)` and record everything."""
+def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128, action_noise: float = 0.0) -> Episode:
+    """Roll out the family's scripted expert once from `reset(seed=seed)` and record everything.
+
+    With `action_noise` > 0 the env executes the expert's action plus Gaussian noise (std =
+    `action_noise` times the per-step translation/rotation limits; the gripper is untouched) while
+    the file records the expert's clean action (DART): the closed-loop expert then demonstrates how
+    to recover from the small errors a learned policy makes, which plain demos never show.
+    """
+    from sim.env import MAX_ROTATION, MAX_TRANSLATION
     from sim.env import make_env
     from sim.experts import make_expert
 
@@ -94,6 +101,8 @@ def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128
     expert = make_expert(env)
     obs, _ = env.reset(seed=seed)
     expert.reset()
+    noise_rng = np.random.default_rng([seed, 0xDA27])
+    noise_scale = action_noise * np.array([MAX_TRANSLATION] * 3 + [MAX_ROTATION] * 3 + [0.0])
     images, actions, rewards, dones, ee_pos, ee_ori, grip, proprio = [], [], [], [], [], [], [], []
     success = False
     while True:
@@ -104,7 +113,8 @@ def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128
         ee_ori.append(env.ee_euler)
         grip.append(env.finger_qpos)
         actions.append(action)
-        obs, reward, terminated, truncated, _ = env.step(action)
+        executed = action + noise_scale * noise_rng.standard_normal(7) if action_noise else action
+        obs, reward, terminated, truncated, _ = env.step(executed.astype(np.float32))
         rewards.append(reward)
         dones.append(terminated or truncated)
         if terminated or truncated:
@@ -119,7 +129,7 @@ def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128
     )
 
 
-def _run_job(job: tuple[str, str, int, int]) -> Episode:
+def _run_job(job: tuple[str, str, int, int, float]) -> Episode:
     return run_expert_episode(*job)
 
 
@@ -147,8 +157,12 @@ class DemoConfig:
     """HDF5 filter of image datasets: None, "lzf" (fast, default) or "gzip"."""
     dataset_name: str = DEFAULT_DATASET_NAME
     """Key of this dataset in norm_stats (stored as data.attrs["dataset_name"])."""
+    action_noise: float = 0.0
+    """DART noise on executed actions, as a fraction of the per-step limits (labels stay clean); 0 = off."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.action_noise <= 1.0:
+            raise SimConfigError(f"DemoConfig.action_noise={self.action_noise!r}: expected a fraction in [0, 1]")
         if self.suite != "tabletop":
             raise unknown_name("suite", self.suite, ("tabletop",))
         if not self.families:
@@ -193,8 +207,8 @@ class DemoSummary:
 
 def iter_expert_episodes(config: DemoConfig) -> Iterator[Episode]:
     """Expert rollouts (successful or not) in attempt order, using `config.workers` processes."""
-    jobs = [(config.families[i % len(config.families)], config.split, config.seed + i, config.image_size)
-            for i in range(config.attempts)]
+    jobs = [(config.families[i % len(config.families)], config.split, config.seed + i, config.image_size,
+             config.action_noise) for i in range(config.attempts)]
     if config.workers == 1:
         for job in jobs:
             yield _run_job(job)

@@ -20,10 +20,15 @@ class EnvFactory:
     """A picklable `make_env` call, so async workers can be started with forkserver or spawn."""
 
     family: str
+    """Task family of this env."""
     split: str
+    """Split of this env."""
     seed: int | None
+    """Seed of the env's first reset (gymnasium's vector reset(seed=s) overrides it with s + i)."""
     image_size: int
+    """Square frame side, pixels."""
     shaped_reward: bool = False
+    """Add the one-off grasp bonus."""
 
     def __call__(self) -> TabletopEnv:
         return make_env(family=self.family, split=self.split, seed=self.seed,
@@ -49,7 +54,9 @@ def make_vector_env(
     `mode="async"` runs each env in its own process. The default `context="forkserver"` starts
     workers from a clean server process, so they never inherit an OpenGL/EGL context that the
     parent may already hold (forking a live EGL context is unsafe); the env also creates its
-    renderer lazily, so the dummy env gymnasium builds in the parent touches no GL at all.
+    renderer lazily, so the dummy env gymnasium builds in the parent touches no GL at all. As
+    with any spawn/forkserver start, a script creating async envs needs an
+    `if __name__ == "__main__":` guard.
     """
     names = [families] if isinstance(families, str) else list(families)
     if not names:

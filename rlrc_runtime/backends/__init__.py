@@ -15,7 +15,12 @@ from rlrc_runtime.errors import BackendError
 # name -> (module, class, the pip extra that provides its dependencies)
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "torch": ("rlrc_runtime.backends.torch_ref", "TorchBackend", "export"),
+    "onnxruntime": ("rlrc_runtime.backends.onnxruntime", "OnnxRuntimeBackend", "onnx"),
+    "tensorrt": ("rlrc_runtime.backends.tensorrt", "TensorRTBackend", "tensorrt"),
 }
+
+# Backends that run bundles (manifest.json + graphs/engines); 'torch' runs checkpoint directories.
+BUNDLE_BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -32,4 +37,4 @@ def backend_class(name: str) -> type[Backend]:
         ) from exc
 
 
-__all__ = ["BACKENDS", "Backend", "backend_class"]
+__all__ = ["BACKENDS", "BUNDLE_BACKENDS", "Backend", "backend_class"]

@@ -207,8 +207,8 @@ def test_failed_rollouts_are_discarded_and_counted(tmp_path: Path, monkeypatch: 
 
     real = sim.data.run_expert_episode
 
-    def every_other_fails(family: str, split: str, seed: int, image_size: int = 128):
-        episode = real(family, split, seed, image_size)  # a real rollout; only its verdict is overridden
+    def every_other_fails(family: str, split: str, seed: int, image_size: int = 128, action_noise: float = 0.0):
+        episode = real(family, split, seed, image_size, action_noise)  # a real rollout; only its verdict is overridden
         return dataclasses.replace(episode, success=episode.success and seed % 2 == 0)
 
     monkeypatch.setattr(sim.data, "run_expert_episode", every_other_fails)
@@ -223,3 +223,16 @@ def test_failed_rollouts_are_discarded_and_counted(tmp_path: Path, monkeypatch: 
         write_demos(DemoConfig(episodes=3, families=("push",), image_size=16, max_attempts=3),
                     tmp_path / "e.hdf5", progress=False)
     assert not list(tmp_path.glob("e.hdf5*"))  # no partial file left behind
+
+
+def test_dart_noise_records_clean_expert_actions(tmp_path):
+    # With noise the executed trajectory differs from the clean one, yet every recorded action is
+    # what the closed-loop expert asked for in the state it was in (its labels stay noise-free).
+    clean = run_expert_episode("pick", "id", 3, 32)
+    noisy = run_expert_episode("pick", "id", 3, 32, action_noise=0.3)
+    assert noisy.success
+    n = min(len(clean.actions), len(noisy.actions))
+    assert not np.allclose(clean.ee_pos[:n], noisy.ee_pos[:n])
+    assert np.all(np.abs(noisy.actions[:, :3]) <= 0.03 + 1e-6)  # expert actions, within the step limit
+    again = run_expert_episode("pick", "id", 3, 32, action_noise=0.3)
+    np.testing.assert_array_equal(again.actions, noisy.actions)  # noise is seeded by the episode seed

@@ -1,0 +1,142 @@
+"""Deployment quantization of a bundle's LLM graphs with onnxruntime.quantization.
+
+Two verbs, as gpt-fast: ``quantize_bundle`` writes a new bundle whose prefill and decode graphs
+hold quantized weights; the runtime loads it like any other (ONNX Runtime picks the kernels).
+
+- **int8**: dynamic quantization (``quantize_dynamic``): int8 weights per output channel, activations
+  quantized per call (DynamicQuantizeLinear + MatMulInteger / DynamicQuantizeMatMul). Only
+  MatMuls with a constant weight are touched (``MatMulConstBOnly``), never attention's Q·Kᵀ.
+- **int4**: weight-only block quantization (``MatMulNBitsQuantizer`` -> ``MatMulNBits``), blocks of
+  ``block_size`` input channels with one scale each; ``accuracy_level=4`` lets the CPU kernel
+  compute with int8 activations.
+
+The vision graph stays in its exported precision: it runs once per action, the LLM runs 7 times
+(design.md §5), and the towers are the part most sensitive to quantization. Every quantized
+artifact must be benchmarked (`rlrc-bench --compare`), never assumed fast: the RLRC paper's
+NF4 made latency worse.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from export.bundle import (copy_bundle_except, graph_spec, prepare_out, save_graphs, stage_record,
+                           tool_versions, write_bundle)
+from rlrc_runtime.errors import ConfigError
+from rlrc_runtime.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+LLM_GRAPHS = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How `rlrc-export quantize` rewrites the LLM graphs of an fp32 bundle."""
+
+    precision: str = field(metadata={"help": "int8 (dynamic) or int4 (weight-only MatMulNBits)", "choices": ["int8", "int4"]})
+    """'int8' or 'int4'."""
+    block_size: int = field(default=32, metadata={"help": "int4: input channels per quantization block (power of 2, >= 16)"})
+    """int4 block size; smaller blocks are more accurate and slightly larger."""
+    symmetric: bool = field(default=True, metadata={"help": "int4: symmetric blocks (no zero points)"})
+    """int4: symmetric quantization."""
+    accuracy_level: int = field(default=4, metadata={"help": "int4: MatMulNBits accuracy_level (4 = int8 compute on CPU, 0 = fp32)"})
+    """int4: the lowest compute precision MatMulNBits may use (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)."""
+    per_channel: bool = field(default=True, metadata={"help": "int8: one scale per output channel"})
+    """int8: per-channel weight scales."""
+    quantize_head: bool = field(default=True, metadata={"help": "also quantize lm_head"})
+    """Whether lm_head's MatMul is quantized (it is the largest single weight at 7B: 32064 x 4096)."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("int8", "int4"):
+            raise ConfigError(f"precision={self.precision!r}; quantize writes 'int8' or 'int4' (fp16 comes from `rlrc-export onnx --precision fp16`)")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size={self.block_size} must be a power of two >= 16 (MatMulNBits)")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ConfigError(f"accuracy_level={self.accuracy_level} must be 0..4")
+
+
+def _head_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul(s) producing the logits (excluded when quantize_head is off)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    names, stack, seen = [], ["logits"], set()
+    while stack:  # walk back from 'logits' through casts/slices to the first MatMul
+        node = producers.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == "MatMul":
+            names.append(node.name)
+            continue
+        stack.extend(node.input)
+    return names
+
+
+def quantize_graph(model_path: Path, cfg: QuantizeConfig, work: Path) -> onnx.ModelProto:
+    """One graph file (with its external data) -> quantized ModelProto with data in memory."""
+    model = onnx.load(str(model_path), load_external_data=True)
+    exclude = [] if cfg.quantize_head else _head_nodes(model)
+    if cfg.precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        src = work / f"{model_path.stem}.src.onnx"
+        onnx.save_model(model, str(src), save_as_external_data=True, location=f"{model_path.stem}.src.data")
+        dst = work / f"{model_path.stem}.int8.onnx"
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude, use_external_data_format=True,
+                         extra_options={"MatMulConstBOnly": True})
+        return onnx.load(str(dst), load_external_data=True)
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quant = MatMulNBitsQuantizer(model, bits=4, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                 accuracy_level=cfg.accuracy_level, nodes_to_exclude=exclude,
+                                 op_types_to_quantize=("MatMul",))
+    quant.process()
+    return quant.model.model
+
+
+def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, overwrite: bool = False,
+                    command: str | None = None) -> Path:
+    """fp32 bundle -> new bundle with int8/int4 LLM graphs (vision, tokenizer, tables copied)."""
+    bundle, out = Path(bundle), Path(out)
+    manifest = read_manifest(bundle, verify=True)
+    if manifest.precision != "fp32":
+        raise ConfigError(
+            f"{bundle} has {manifest.precision} LLM graphs; quantization starts from an fp32 bundle "
+            f"(rlrc-export onnx --precision fp32 ...), not from a {manifest.precision} one"
+        )
+    tmp = prepare_out(out, overwrite)
+    try:
+        graphs: dict[str, onnx.ModelProto] = {}
+        with tempfile.TemporaryDirectory() as work_dir:
+            for name in LLM_GRAPHS:
+                log.info("quantizing %s to %s", manifest.graphs[name].file, cfg.precision)
+                graphs[name] = quantize_graph(bundle / manifest.graphs[name].file, cfg, Path(work_dir))
+        data_file = "llm.onnx.data"
+        weight_bytes = save_graphs(tmp, graphs, data_file)
+        skip = {manifest.graphs[n].file for n in LLM_GRAPHS} | {f for n in LLM_GRAPHS for f in manifest.graphs[n].data_files}
+        copy_bundle_except(bundle, tmp, skip)
+        specs = dict(manifest.graphs)
+        for name in LLM_GRAPHS:
+            specs[name] = graph_spec(graphs[name], f"{name}.onnx", cfg.precision, (data_file,), weight_bytes[name])
+            if specs[name].inputs != manifest.graphs[name].inputs:
+                raise ConfigError(f"quantizing {name}.onnx changed its inputs; this is a bug in the quantizer settings")
+        record = stage_record("quantize", cfg, command or f"rlrc-export quantize --bundle {bundle} --out {out} "
+                              f"--precision {cfg.precision}", source=str(bundle.resolve()))
+        new = dataclasses.replace(manifest, graphs=specs, stages=(*manifest.stages, record), engines={},
+                                  versions={**manifest.versions, **tool_versions()})
+        out = write_bundle(tmp, out, new)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    before = sum(manifest.graphs[n].weight_bytes for n in LLM_GRAPHS) // 2
+    after = sum(specs[n].weight_bytes for n in LLM_GRAPHS) // 2
+    log.info("wrote %s: LLM weights %.1f MiB -> %.1f MiB (%s)", out, before / 2**20, after / 2**20, cfg.precision)
+    return out

@@ -1,0 +1,463 @@
+"""``rlrc-train``: train an OpenVLA-architecture policy on demonstrations, as OpenVLA does.
+
+Each sample is ``[BOS, patches, prompt..., 29871, a_1..a_7, EOS]``; the loss is cross-entropy on
+the 7 action tokens and EOS only (the prompt is context). From scratch (``--preset``) or from a
+checkpoint (``--init``; this is the SFT stage of RLRC recovery). AdamW, linear warm-up + cosine
+decay, gradient accumulation, fp32 or bf16 autocast, periodic checkpoints, exact resume, and
+``torchrun`` (DDP: gloo on CPU, nccl on GPU) with the same command.
+
+Batches are sampled with a generator seeded by (seed, step, rank), so a run resumed from its last
+state continues exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.checkpoint import copy_tokenizer, load_model, save_checkpoint
+from export.model import OpenVLA, init_weights
+from export.tiny import get_preset, preset_config
+from export.tokenizer_gen import write_tokenizer
+from rlrc_runtime.action import ActionTokenizer, action_stats
+from rlrc_runtime.cli_args import add_arguments, from_namespace
+from rlrc_runtime.config import VLAConfig
+from rlrc_runtime.errors import ConfigError, RLRCError
+from rlrc_runtime.preprocess import ImageTransform
+from rlrc_runtime.prompt import PromptTokenizer
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = field(metadata={"help": "demonstration HDF5 file(s), comma-separated (ours or LIBERO layout)"})
+    out: str = field(metadata={"help": "output directory (checkpoints, state, metrics, final/)"})
+    init: str | None = field(default=None, metadata={"help": "checkpoint to fine-tune; default: from scratch with --preset"})
+    preset: str = field(default="base-128", metadata={"help": "model preset when training from scratch"})
+    dataset_key: str | None = field(default=None, metadata={"help": "norm_stats key; default: the file's dataset_name"})
+    steps: int = field(default=2000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=32, metadata={"help": "samples per micro-batch (per process)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of the peak (cosine)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms, biases, embeddings)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 autocast", "choices": ["fp32", "bf16"]})
+    augment: bool = field(default=True, metadata={"help": "random image shifts of up to --shift pixels"})
+    shift: int = field(default=6, metadata={"help": "max shift of the augmentation, pixels"})
+    save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
+    log_every: int = field(default=25, metadata={"help": "log metrics every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "periodic checkpoints kept (oldest deleted)"})
+    seed: int = field(default=0, metadata={"help": "seed of init and sampling"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch default"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(f"--warmup-steps={self.warmup_steps} must be in [0, --steps={self.steps}]")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"--lr={self.lr} must be > 0 and --min-lr-ratio={self.min_lr_ratio} in [0, 1]")
+        if self.shift < 0:
+            raise ConfigError(f"--shift={self.shift} must be >= 0")
+        if not self.data:
+            raise ConfigError("--data is empty; pass one or more HDF5 files")
+
+    @property
+    def data_files(self) -> list[str]:
+        return [p for p in self.data.split(",") if p]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class ActionDataset:
+    """Every demonstration step in memory, ready to batch."""
+
+    images: np.ndarray  # [N, S, S, 3] uint8, resized to the model's input size
+    tokens: np.ndarray  # [N, D] int64 action token ids
+    instruction_index: np.ndarray  # [N] int64 into prompts
+    prompts: list[np.ndarray]  # token ids of each distinct instruction (BOS ... 29871)
+    instructions: list[str]
+    norm_stats: dict[str, Any]
+    dataset_key: str
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def load_dataset(
+    files: list[str],
+    transform: ImageTransform,
+    tokenizer: PromptTokenizer,
+    action_tokenizer: ActionTokenizer,
+    dataset_key: str | None,
+    norm_stats: dict[str, Any] | None = None,
+) -> ActionDataset:
+    """Read demos, compute (or reuse) norm_stats, and tokenize actions and instructions."""
+    from sim.data import DemoReader, norm_stats_from_arrays
+
+    images, actions, proprio, instr_of_step = [], [], [], []
+    names: dict[str, int] = {}
+    n_demos = 0
+    for path in files:
+        with DemoReader(path) as reader:
+            key = dataset_key or reader.dataset_name
+            dataset_key = key
+            for demo in reader.iter_demos():
+                n_demos += 1
+                idx = names.setdefault(demo.instruction, len(names))
+                images.append(np.stack([transform.resize(im) for im in demo.images]))
+                actions.append(demo.actions)
+                if demo.proprio is not None:
+                    proprio.append(demo.proprio)
+                instr_of_step.append(np.full(len(demo), idx, np.int64))
+    if not actions:
+        raise ConfigError(f"--data {files}: no demonstrations found")
+    if not dataset_key:
+        raise ConfigError("the demo files carry no dataset_name; pass --dataset-key NAME")
+    acts = np.concatenate(actions)
+    if norm_stats is None or dataset_key not in norm_stats:
+        prop = np.concatenate(proprio) if len(proprio) == len(actions) else None
+        norm_stats = norm_stats_from_arrays(dataset_key, acts, prop, n_demos)
+    stats = action_stats(norm_stats, dataset_key)
+    if stats.action_dim != acts.shape[1]:
+        raise ConfigError(f"norm_stats[{dataset_key!r}] has {stats.action_dim} action dims, the data {acts.shape[1]}")
+    instructions = list(names)
+    return ActionDataset(
+        images=np.concatenate(images),
+        tokens=action_tokenizer.encode(stats.normalize(acts)).astype(np.int64),
+        instruction_index=np.concatenate(instr_of_step),
+        prompts=[tokenizer(t) for t in instructions],
+        instructions=instructions,
+        norm_stats=norm_stats,
+        dataset_key=dataset_key,
+    )
+
+
+@dataclass
+class Batch:
+    pixel_values: torch.Tensor  # [B, 3 * n_towers, S, S] float32
+    input_ids: torch.Tensor  # [B, T] int64, right-padded
+    label_rows: torch.Tensor  # [M] batch row of each supervised token
+    label_pos: torch.Tensor  # [M] multimodal position whose output predicts it
+    labels: torch.Tensor  # [M] target ids
+    is_action: torch.Tensor  # [M] bool, False for EOS
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.pixel_values, self.input_ids, self.label_rows,
+                                               self.label_pos, self.labels, self.is_action)))
+
+
+def make_batch(ds: ActionDataset, idx: np.ndarray, transform: ImageTransform, num_patches: int, pad_id: int,
+               eos_id: int, gen: torch.Generator | None = None, shift: int = 0) -> Batch:
+    """Sample indices -> a Batch (images normalised exactly as the runtime's ImageTransform)."""
+    imgs = torch.from_numpy(ds.images[idx]).permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, S, S]
+    if shift and gen is not None:
+        imgs = random_shift(imgs, shift, gen)
+    x = imgs / 255.0
+    planes = [(x - torch.tensor(m)[:, None, None]) / torch.tensor(s)[:, None, None]
+              for m, s in zip(transform.means, transform.stds)]
+    seqs = [np.concatenate([ds.prompts[ds.instruction_index[i]], ds.tokens[i], [eos_id]]) for i in idx]
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, np.int64)
+    rows, pos, labels, is_action = [], [], [], []
+    d = ds.tokens.shape[1]
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = s
+        first = len(s) - d - 1  # text index of the first action token
+        for j in range(first, len(s)):
+            rows.append(b)
+            pos.append(num_patches + j - 1)
+            labels.append(s[j])
+            is_action.append(j < len(s) - 1)
+    return Batch(torch.cat(planes, dim=1), torch.from_numpy(ids), torch.tensor(rows), torch.tensor(pos),
+                 torch.tensor(labels), torch.tensor(is_action))
+
+
+def random_shift(imgs: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``pad`` pixels (edge-replicated), DrQ-style augmentation."""
+    b, _, h, w = imgs.shape
+    padded = F.pad(imgs, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+
+
+# --------------------------------------------------------------------------- loss
+
+
+class ActionLoss(nn.Module):
+    """Cross-entropy on the supervised tokens only; the lm_head runs on those rows alone."""
+
+    def __init__(self, model: OpenVLA) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hidden = self.model.hidden_states(batch.pixel_values, batch.input_ids)  # [B, P + T, H]
+        logits = self.model.language_model.lm_head(hidden[batch.label_rows, batch.label_pos]).float()  # [M, V]
+        loss = F.cross_entropy(logits, batch.labels)
+        with torch.no_grad():
+            pred = logits.argmax(-1)
+            act = batch.is_action
+            acc = (pred[act] == batch.labels[act]).float().mean()
+            # Bin distance of predicted vs target action tokens (non-action predictions count as 255).
+            dist = (pred[act] - batch.labels[act]).abs().clamp(max=255).float().mean()
+        return loss, {"metrics/action_accuracy": acc, "metrics/token_bin_error": dist}
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to min_lr_ratio at the last step."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "embed_tokens" in name or "norm" in name or name.endswith(("pos_embed", "cls_token", "reg_token")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def resolve_device(name: str, dist_info: DistInfo) -> str:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda but torch sees no CUDA GPU; use --device cpu")
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', dist_info.rank))}"
+    return name
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a training job; returns the final checkpoint directory."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist_info = init_distributed("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device, dist_info)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state" / STATE_FILE
+    resume = state_path.is_file()
+    if resume:
+        _check_resume_config(out, cfg)
+
+    tok_dir = out / "tokenizer"
+    if cfg.init:
+        model, info = load_model(cfg.init, require_norm_stats=False, device="cpu")
+        config, init_stats = info.config, info.config.norm_stats
+        if dist_info.main and not tok_dir.exists():
+            tok_dir.mkdir()
+            copy_tokenizer(cfg.init, tok_dir)
+    else:
+        config = preset_config(get_preset(cfg.preset), norm_stats={})
+        init_stats = None
+        model = OpenVLA(config)
+        init_weights(model, seed=cfg.seed)
+        if dist_info.main and not tok_dir.exists():
+            write_tokenizer(tok_dir, model_max_length=config.llm.max_position_embeddings)
+    _barrier(dist_info)
+
+    transform = ImageTransform.from_config(config)
+    tokenizer = PromptTokenizer.from_dir(tok_dir)
+    action_tok = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
+    t0 = time.perf_counter()
+    ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats)
+    log.info("loaded %d steps, %d instructions from %s in %.1fs", len(ds), len(ds.instructions), cfg.data, time.perf_counter() - t0)
+    config = config.replace(norm_stats=ds.norm_stats)
+    model.config = config
+
+    model.to(device).train()
+    loss_fn: nn.Module = ActionLoss(model)
+    if dist_info.world > 1:
+        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    step = 0
+    if resume:
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        log.info("resumed from %s at step %d", state_path, step)
+    if dist_info.main:
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                              enabled=cfg.precision == "bf16")
+    bar = _bar(cfg, step, dist_info)
+    metrics_file = (out / "metrics.jsonl").open("a") if dist_info.main else None
+    window: dict[str, list[float]] = {}
+    last_log = time.perf_counter()
+    samples_since = 0
+    try:
+        while step < cfg.steps:
+            opt.zero_grad(set_to_none=True)
+            for micro in range(cfg.grad_accum):
+                gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, dist_info.rank)) % (2**63))
+                idx = torch.randint(0, len(ds), (cfg.batch_size,), generator=gen).numpy()
+                batch = make_batch(ds, idx, transform, config.num_patches, config.llm.pad_token_id or 0,
+                                   config.llm.eos_token_id, gen, cfg.shift if cfg.augment else 0).to(device)
+                sync = micro == cfg.grad_accum - 1 or dist_info.world == 1
+                ctx = loss_fn.no_sync() if not sync else _nullcontext()
+                with ctx, autocast:
+                    loss, stats = loss_fn(batch)
+                    (loss / cfg.grad_accum).backward()
+                window.setdefault("losses/action_ce", []).append(float(loss.detach()))
+                for k, v in stats.items():
+                    window.setdefault(k, []).append(float(v))
+                samples_since += cfg.batch_size * dist_info.world
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            window.setdefault("losses/grad_norm", []).append(float(grad_norm))
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                row = {k: float(np.mean(v)) for k, v in window.items()}
+                row.update({"step": step, "charts/lr": sched.get_last_lr()[0],
+                            "charts/samples_per_s": samples_since / max(now - last_log, 1e-9)})
+                window, last_log, samples_since = {}, now, 0
+                if metrics_file:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                bar.set_postfix(loss=f"{row['losses/action_ce']:.3f}", acc=f"{row['metrics/action_accuracy']:.2f}")
+            if dist_info.main and (step % cfg.save_every == 0 or step == cfg.steps):
+                _save_state(state_path, model, opt, sched, step)
+                _save_periodic(out, model, config, tok_dir, step, cfg.keep_checkpoints)
+    finally:
+        bar.close()
+        if metrics_file:
+            metrics_file.close()
+    final = out / "final"
+    if dist_info.main:
+        save_checkpoint(model, final, tokenizer_dir=tok_dir, config=config, overwrite=True)
+        log.info("final checkpoint: %s", final)
+    _barrier(dist_info)
+    return final
+
+
+def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
+    """A resumed run must be the same job (steps may grow); otherwise name what differs."""
+    saved_path = out / "train_config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    allowed = {"steps", "save_every", "log_every", "progress", "threads", "keep_checkpoints"}
+    diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in allowed and saved.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(f"{out} holds a run with other settings ({details}); use another --out or the same flags")
+
+
+def _save_state(path: Path, model: OpenVLA, opt: torch.optim.Optimizer, sched: Any, step: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "step": step}, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous state intact
+
+
+def _save_periodic(out: Path, model: OpenVLA, config: VLAConfig, tok_dir: Path, step: int, keep: int) -> None:
+    ckpt_dir = out / "checkpoints"
+    save_checkpoint(model, ckpt_dir / f"step_{step:07d}", tokenizer_dir=tok_dir, config=config, overwrite=True)
+    old = sorted(ckpt_dir.glob("step_*"))[:-keep]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _bar(cfg: TrainConfig, start: int, dist_info: DistInfo):
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
+                disable=not (cfg.progress and dist_info.main), dynamic_ncols=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlrc-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, TrainConfig)
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        final = train(from_namespace(TrainConfig, ns))
+    except RLRCError as exc:
+        print(f"rlrc-train: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,608 @@
+"""The VLA lifecycle node: camera frames + instruction -> policy -> arm commands + diagnostics.
+
+Lifecycle (rclpy managed node, `ros2 lifecycle set /vla_node configure|activate|...`):
+    configure  -> load the policy (rlrc_runtime.load_policy), warm it up, create publishers and
+                  the instruction / pause subscriptions
+    activate   -> start the camera source and the control timer
+    deactivate -> stop the camera, drop any in-flight result, publish a hold command
+    cleanup    -> release the policy, publishers and subscriptions
+    shutdown   -> deactivate + cleanup, whatever the state
+
+Topics (relative names resolve under the node, e.g. /vla_node/action):
+    in   ~/instruction  std_msgs/String  (reliable, transient local: a late node gets the current one)
+    in   ~/pause        std_msgs/Bool    (true = pause / e-stop: hold now, no actions until false)
+    in   image_topic    sensor_msgs/Image (camera_source=topic; sensor-data QoS; latest frame only)
+    out  ~/action       std_msgs/Float32MultiArray: data = [dx, dy, dz, droll, dpitch, dyaw, gripper],
+                        the policy's raw unnormalized action (policy frame, dataset units; bounded
+                        by the dataset's q01/q99 by construction, never NaN/Inf); layout.dim[0]
+                        = {label: "dx,dy,dz,droll,dpitch,dyaw,gripper", size: 7, stride: 7}.
+                        Published only for accepted actions, never for holds.
+    out  ~/cmd_twist    geometry_msgs/TwistStamped: end-effector velocity in output_frame_id
+                        (action frame calibration + action_scale, / action_period_s, clamped);
+                        header.stamp = the frame's capture time. A hold is a zero twist stamped now.
+    out  ~/gripper      std_msgs/Float64: gripper command within gripper_limits; a hold repeats the
+                        last command (never opens the hand by itself).
+    out  /diagnostics   diagnostic_msgs/DiagnosticArray, one status "vla_node: policy".
+
+Threads: the executor thread runs callbacks only (they never block); one worker thread runs
+`Policy.infer` (one inference in flight); librealsense threads only put frames in a FrameSlot.
+"""
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, Float32MultiArray, Float64, MultiArrayDimension, String
+
+import rlrc_runtime
+from calibration.action_frame import ActionFrame, load_action_frame
+from rlrc_runtime.errors import InputError, RLRCError
+from rlrc_runtime.metrics import LatencyWindow
+from ros_nodes.images import crop_image, image_msg_to_rgb
+from ros_nodes.params import ACTION_LABELS, VLA_NODE_PARAMS, Param
+from ros_nodes.realsense import (CameraError, Frame, FrameSlot, RealSenseCamera, RealSenseConfig, RecordingPlayer,
+                                 read_sidecar)
+from ros_nodes.safety import ActionPipeline, CommandLimits
+
+NODE_NAME = "vla_node"
+DIAG_NAME = "vla_node: policy"
+_PTYPE = {
+    "bool": Parameter.Type.BOOL,
+    "int": Parameter.Type.INTEGER,
+    "double": Parameter.Type.DOUBLE,
+    "string": Parameter.Type.STRING,
+    "double_array": Parameter.Type.DOUBLE_ARRAY,
+    "string_array": Parameter.Type.STRING_ARRAY,
+}
+COUNTERS = ("frames_received", "frames_dropped", "frames_used", "actions_published", "holds_published",
+            "stale_frames", "deadline_misses", "nonfinite_actions", "inference_errors", "input_errors",
+            "camera_losses")
+
+
+def descriptor(p: Param) -> ParameterDescriptor:
+    """The ROS descriptor of a table entry: type, description, range, read-only flag."""
+    d = ParameterDescriptor(name=p.name, type=int(_PTYPE[p.kind].value), description=p.description,
+                            read_only=p.read_only)
+    if p.choices:
+        d.additional_constraints = f"one of: {', '.join(p.choices)}"
+    if p.length:
+        d.additional_constraints = f"exactly {p.length} values"
+    if p.range is not None and p.kind == "int":
+        d.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]), step=1)]
+    elif p.range is not None and p.kind == "double":
+        d.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]), to_value=float(p.range[1]), step=0.0)]
+    return d
+
+
+def declare_table(node: Any, table: dict[str, Param]) -> None:
+    for p in table.values():
+        default = list(p.default) if isinstance(p.default, tuple) else p.default
+        node.declare_parameter(p.name, default, descriptor(p))
+
+
+def validate_parameters(table: dict[str, Param], params: list[Parameter]) -> SetParametersResult:
+    """The set-parameters callback body: type, range, choices and length of every changed value."""
+    for param in params:
+        spec = table.get(param.name)
+        if spec is None:
+            continue
+        value = param.value
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
+            value = list(value)
+        reason = spec.check(value)
+        if reason is not None:
+            return SetParametersResult(successful=False, reason=reason)
+    return SetParametersResult(successful=True)
+
+
+def bundle_id(path: Path) -> str:
+    """A short stable id: ``<dir name>@<sha256 of manifest.json (bundles) or config.json (checkpoints)>``.
+
+    A bundle's manifest lists the checksum of every file, so its hash identifies the whole bundle.
+    """
+    for name in ("manifest.json", "config.json"):
+        source = path / name
+        if source.is_file():
+            return f"{path.name}@{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+    return f"{path.name}@unknown"
+
+
+class VLANode(LifecycleNode):
+    """See the module docstring. ``policy_loader`` is rlrc_runtime.load_policy unless a caller swaps it."""
+
+    def __init__(self, node_name: str = NODE_NAME, *,
+                 policy_loader: Callable[..., Any] = rlrc_runtime.load_policy, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._policy_loader = policy_loader
+        declare_table(self, VLA_NODE_PARAMS)
+        self.add_on_set_parameters_callback(lambda params: validate_parameters(VLA_NODE_PARAMS, params))
+        self._lock = threading.Lock()  # guards counters, instruction, state flags
+        self._pub_lock = threading.Lock()  # one publisher call at a time (executor vs worker thread)
+        self.counters = {name: 0 for name in COUNTERS}
+        self._latency = LatencyWindow(size=500)
+        self._action_times: deque[float] = deque(maxlen=50)
+        self._policy: Any = None
+        self._bundle_id = ""
+        self._backend_name = ""
+        self._pipeline = ActionPipeline()
+        self._instruction = ""
+        self._paused = False
+        self._active = False
+        self._epoch = 0  # bumped on pause/deactivate: in-flight results of an older epoch are dropped
+        self._inflight = False
+        self._worker: threading.Thread | None = None
+        self._slot = FrameSlot()
+        self._source: Any = None
+        self._source_finished = False
+        self._camera_lost = False
+        self._last_frame_time = time.monotonic()
+        self._last_gripper: float | None = None
+        self._last_error = ""
+        self._last_hold = ""
+        self._status = "unconfigured"
+        self._pubs: dict[str, Any] = {}
+        self._subs: list[Any] = []
+        self._image_sub: Any = None
+        self._tick_timer: Any = None
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(self.p("diagnostics_period_s"), self.publish_diagnostics)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def p(self, name: str) -> Any:
+        value = self.get_parameter(name).value
+        return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "array" else value
+
+    def _count(self, name: str, error: str | None = None) -> None:
+        with self._lock:
+            self.counters[name] += 1
+            if error:
+                self._last_error = f"{name}: {error}"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        path = self.p("bundle_path")
+        try:
+            if not path:
+                raise RLRCError("parameter bundle_path is empty; pass -p bundle_path:=/path/to/bundle")
+            frame = load_action_frame(self.p("action_frame_file")) if self.p("action_frame_file") else ActionFrame()
+            limits = CommandLimits(action_scale=tuple(self.p("action_scale")),
+                                   action_period_s=self.p("action_period_s"),
+                                   max_linear_speed=self.p("max_linear_speed"),
+                                   max_angular_speed=self.p("max_angular_speed"),
+                                   gripper_limits=tuple(self.p("gripper_limits")))
+            self._pipeline = ActionPipeline(frame, limits)
+            self._policy = self._policy_loader(path, backend=self.p("backend"), device=self.p("device"),
+                                               dtype=self.p("dtype"))
+            unnorm = self.p("unnorm_key") or None
+            dim = self._policy.action_dim(unnorm)
+            if dim != 7:
+                raise RLRCError(f"the policy emits {dim}-D actions; this node publishes 7-D "
+                                f"[{', '.join(ACTION_LABELS)}] actions")
+            for _ in range(self.p("warmup_iterations")):
+                self._policy.infer(np.zeros((224, 224, 3), np.uint8), "warm up", unnorm)
+            self._bundle_id = bundle_id(Path(path))
+            backend = getattr(self._policy, "backend", None)
+            self._backend_name = str(getattr(backend, "name", "") or self.p("backend"))
+        except (RLRCError, OSError, ValueError) as exc:
+            self._release_policy()
+            self._last_error = f"configure: {exc}"
+            self._status = "configure failed"
+            self.get_logger().error(f"configure failed: {exc}")
+            self.publish_diagnostics()
+            return TransitionCallbackReturn.FAILURE
+        self._pubs = {
+            "action": self.create_publisher(Float32MultiArray, "~/action", 10),
+            "cmd_twist": self.create_publisher(TwistStamped, "~/cmd_twist", 10),
+            "gripper": self.create_publisher(Float64, "~/gripper", 10),
+        }
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._subs = [
+            self.create_subscription(String, self.p("instruction_topic"), self._on_instruction, latched),
+            self.create_subscription(Bool, "~/pause", self._on_pause, 10),
+        ]
+        if self.p("instruction") and not self._instruction:
+            self._set_instruction(self.p("instruction"))
+        self._status = "inactive"
+        self.get_logger().info(f"configured: bundle {self._bundle_id} on backend {self._backend_name}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._slot = FrameSlot()
+        self._source_finished = False
+        self._camera_lost = False
+        source = self.p("camera_source")
+        try:
+            if source == "topic":
+                self._image_sub = self.create_subscription(Image, self.p("image_topic"), self._on_image,
+                                                           qos_profile_sensor_data)
+            elif source == "recording":
+                self._source = RecordingPlayer(self.p("recording_path"), self._slot, realtime=self.p("realtime"))
+                sidecar = read_sidecar(self.p("recording_path"))
+                if not self._instruction and isinstance(sidecar.get("instruction"), str):
+                    self._set_instruction(sidecar["instruction"])
+                self._source.start()
+            else:
+                self._source = RealSenseCamera(RealSenseConfig(
+                    serial=self.p("realsense_serial"), width=self.p("realsense_width"),
+                    height=self.p("realsense_height"), fps=self.p("realsense_fps"),
+                    auto_exposure=self.p("realsense_auto_exposure"), align_depth=self.p("realsense_align_depth")),
+                    self._slot)
+                self._source.start()
+        except (CameraError, RLRCError, OSError) as exc:
+            self._stop_source()
+            self._last_error = f"activate: {exc}"
+            self.get_logger().error(f"activate failed: {exc}")
+            self.publish_diagnostics()
+            return TransitionCallbackReturn.FAILURE
+        self._last_frame_time = time.monotonic()
+        with self._lock:
+            self._active = True
+            self._epoch += 1
+        self._tick_timer = self.create_timer(1.0 / self.p("rate_hz"), self._on_tick)
+        self._status = "active"
+        self.get_logger().info(f"active: camera_source={source}, rate {self.p('rate_hz')} Hz")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_active()
+        self._status = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release_all()
+        self._status = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_active()
+        self._release_all()
+        self._status = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self._stop_active()
+        self._release_all()
+        self._status = "error"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_active(self) -> None:
+        with self._lock:
+            was_active = self._active
+            self._active = False
+            self._epoch += 1
+        if self._tick_timer is not None:
+            self.destroy_timer(self._tick_timer)
+            self._tick_timer = None
+        self._stop_source()
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout=30.0)  # its result is dropped (epoch moved on); bounded wait
+        if was_active:
+            self.publish_hold("deactivated")
+
+    def _stop_source(self) -> None:
+        self._slot.close()
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
+            self._image_sub = None
+        if self._source is not None:
+            self._source.stop()
+            self._source = None
+
+    def _release_policy(self) -> None:
+        if self._policy is not None:
+            try:
+                self._policy.close()
+            except RLRCError as exc:
+                self.get_logger().warning(f"closing the policy: {exc}")
+            self._policy = None
+
+    def _release_all(self) -> None:
+        self._release_policy()
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs = {}
+
+    def autostart_if_requested(self) -> bool:
+        """configure + activate when the ``autostart`` parameter is true; True if it ends active."""
+        if not self.p("autostart"):
+            return False
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _set_instruction(self, text: str) -> bool:
+        limit = self.p("max_instruction_chars")
+        stripped = text.strip()
+        error = None
+        if not stripped:
+            error = "empty instruction"
+        elif len(stripped) > limit:
+            error = f"instruction of {len(stripped)} characters exceeds max_instruction_chars={limit}"
+        if error is not None:
+            with self._lock:
+                self._instruction = ""  # a rejected instruction also ends the current task: hold
+                self._epoch += 1
+            self._count("input_errors", f"{error}; holding until a valid instruction arrives")
+            self.get_logger().warning(error)
+            if self._active:
+                self.publish_hold("rejected instruction")
+            self.publish_diagnostics()
+            return False
+        with self._lock:
+            self._instruction = stripped
+        self.get_logger().info(f"instruction: {stripped!r}")
+        return True
+
+    def _on_instruction(self, msg: String) -> None:
+        self._set_instruction(msg.data)
+
+    def _on_pause(self, msg: Bool) -> None:
+        with self._lock:
+            changed = self._paused != bool(msg.data)
+            self._paused = bool(msg.data)
+            if self._paused:
+                self._epoch += 1  # an inference in flight now will not be published
+        if self._paused:
+            self.publish_hold("paused")
+        if changed:
+            self.get_logger().warning("paused (e-stop)" if self._paused else "resumed")
+            self.publish_diagnostics()
+
+    def _on_image(self, msg: Image) -> None:
+        if self._slot.closed:
+            return
+        try:
+            image = image_msg_to_rgb(msg, max_side=self.p("max_image_side"))
+        except InputError as exc:
+            self._count("input_errors", str(exc))
+            self.publish_diagnostics()
+            return
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self._slot.put(Frame(image=image, stamp_ns=stamp_ns), block=False)
+
+    # -- control loop --------------------------------------------------------------------------
+    def _frame_age_s(self, frame: Frame) -> float:
+        if self.p("camera_source") == "topic" and frame.stamp_ns > 0:
+            return (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e9
+        return time.monotonic() - frame.arrival
+
+    def _on_tick(self) -> None:
+        with self._lock:
+            if not self._active or self._inflight:
+                return
+            paused, instruction, epoch = self._paused, self._instruction, self._epoch
+        now = time.monotonic()
+        if self._slot.pending:
+            self._last_frame_time = now
+            if self._camera_lost:
+                self._camera_lost = False
+                self.get_logger().info("camera frames are back")
+        elif self._source is not None and self._source.finished.is_set():
+            if not self._source_finished:
+                self._source_finished = True
+                self.get_logger().info("recording finished")
+                self.publish_hold("recording finished")
+            return
+        elif now - self._last_frame_time > self.p("camera_timeout_ms") / 1e3 and not self._camera_lost:
+            self._camera_lost = True
+            self._count("camera_losses", f"no frame for {self.p('camera_timeout_ms'):.0f} ms")
+            self.publish_hold("camera lost")
+            self.publish_diagnostics()
+            return
+        if paused or not instruction:
+            self._slot.take()  # frames seen while paused / without a task are never acted on later
+            return
+        frame = self._slot.take()
+        if frame is None:
+            return
+        with self._lock:
+            self.counters["frames_used"] += 1
+        age = self._frame_age_s(frame)
+        if age * 1e3 > self.p("deadline_ms"):
+            self._count("stale_frames", f"frame {age * 1e3:.0f} ms old > deadline_ms={self.p('deadline_ms'):.0f}")
+            self.publish_hold("stale frame")
+            return
+        with self._lock:
+            self._inflight = True
+        self._worker = threading.Thread(target=self._infer, args=(frame, instruction, epoch), daemon=True,
+                                        name="vla_infer")
+        self._worker.start()
+
+    def _infer(self, frame: Frame, instruction: str, epoch: int) -> None:
+        """Worker thread: one inference, then publish the action or a hold."""
+        try:
+            image = crop_image(frame.image, self.p("crop"))
+            result = self._policy.infer(image, instruction, self.p("unnorm_key") or None)
+        except InputError as exc:
+            self._count("input_errors", str(exc))
+            self._finish_hold(epoch, "malformed input")
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed step must hold the robot, not kill the node
+            name = "nonfinite_actions" if "non-finite" in str(exc) else "inference_errors"
+            self._count(name, f"{type(exc).__name__}: {exc}")
+            self._finish_hold(epoch, "inference failed")
+            return
+        try:
+            command = self._pipeline(result.action)
+            with self._lock:
+                current = epoch == self._epoch and self._active and not self._paused
+            if not current:
+                return  # paused / deactivated / new instruction while inferring: never publish it
+            if command is None:
+                self._count("nonfinite_actions", f"action {np.asarray(result.action).tolist()} is not finite")
+                self.publish_hold("non-finite action")
+                return
+            age = self._frame_age_s(frame)
+            if age * 1e3 > self.p("deadline_ms"):
+                self._count("deadline_misses", f"action ready {age * 1e3:.0f} ms after its frame "
+                                               f"> deadline_ms={self.p('deadline_ms'):.0f}")
+                self.publish_hold("deadline miss")
+                return
+            self._publish_command(command, frame)
+            timings = dict(result.timings_ms)
+            timings["end_to_end"] = age * 1e3
+            with self._lock:
+                self._latency.add(timings)
+                self._action_times.append(time.monotonic())
+        finally:
+            with self._lock:
+                self._inflight = False
+
+    def _finish_hold(self, epoch: int, reason: str) -> None:
+        with self._lock:
+            current = epoch == self._epoch and self._active
+            self._inflight = False
+        if current:
+            self.publish_hold(reason)
+
+    # -- outputs -------------------------------------------------------------------------------
+    def _publish_command(self, command: Any, frame: Frame) -> None:
+        action = Float32MultiArray()
+        action.layout.dim = [MultiArrayDimension(label=",".join(ACTION_LABELS), size=7, stride=7)]
+        action.data = [float(v) for v in command.raw]
+        twist = TwistStamped()
+        twist.header.stamp.sec, twist.header.stamp.nanosec = divmod(int(frame.stamp_ns), 1_000_000_000)
+        twist.header.frame_id = self.p("output_frame_id")
+        (twist.twist.linear.x, twist.twist.linear.y, twist.twist.linear.z) = (float(v) for v in command.linear)
+        (twist.twist.angular.x, twist.twist.angular.y, twist.twist.angular.z) = (float(v) for v in command.angular)
+        with self._pub_lock:
+            if not self._pubs:
+                return
+            self._pubs["action"].publish(action)
+            self._pubs["cmd_twist"].publish(twist)
+            self._pubs["gripper"].publish(Float64(data=float(command.gripper)))
+            self._last_gripper = float(command.gripper)
+        with self._lock:
+            self.counters["actions_published"] += 1
+
+    def publish_hold(self, reason: str) -> None:
+        """Zero twist now (+ the last gripper command again); never anything on ~/action."""
+        twist = TwistStamped()
+        twist.header.stamp = self.get_clock().now().to_msg()
+        twist.header.frame_id = self.p("output_frame_id")
+        with self._pub_lock:
+            if not self._pubs:
+                return
+            self._pubs["cmd_twist"].publish(twist)
+            if self._last_gripper is not None:
+                self._pubs["gripper"].publish(Float64(data=self._last_gripper))
+        with self._lock:
+            self.counters["holds_published"] += 1
+            self._last_hold = reason
+
+    def diagnostics_values(self) -> dict[str, str]:
+        """Everything /diagnostics reports, as strings (also handy for tests and logs)."""
+        with self._lock:
+            counters = dict(self.counters)
+            summary = self._latency.summary()
+            times = list(self._action_times)
+            values = {
+                "lifecycle": self._status,
+                "backend": self._backend_name or str(self.p("backend")),
+                "bundle_id": self._bundle_id,
+                "bundle_path": str(self.p("bundle_path")),
+                "camera_source": str(self.p("camera_source")),
+                "instruction": self._instruction,
+                "paused": str(self._paused).lower(),
+                "inference_in_flight": str(self._inflight).lower(),
+                "camera_lost": str(self._camera_lost).lower(),
+                "recording_finished": str(self._source_finished).lower(),
+                "last_hold_reason": self._last_hold,
+                "last_error": self._last_error,
+            }
+        counters["frames_received"] = max(counters["frames_received"], self._slot.received)
+        counters["frames_dropped"] = max(counters["frames_dropped"], self._slot.dropped)
+        values.update({k: str(v) for k, v in counters.items()})
+        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
+        values["achieved_rate_hz"] = f"{rate:.3f}"
+        values["target_rate_hz"] = f"{self.p('rate_hz'):.3f}"
+        values["deadline_ms"] = f"{self.p('deadline_ms'):.1f}"
+        for stage, stats in summary.items():
+            for q in ("p50", "p95", "p99"):
+                values[f"latency_ms.{stage}.{q}"] = f"{stats[q]:.3f}"
+        return values
+
+    def publish_diagnostics(self) -> None:
+        values = self.diagnostics_values()
+        status = DiagnosticStatus(name=DIAG_NAME, hardware_id=values["bundle_id"] or "none")
+        problems = [k for k in ("nonfinite_actions", "inference_errors", "input_errors", "camera_losses",
+                                "deadline_misses", "stale_frames") if values[k] != "0"]
+        if values["lifecycle"] in ("configure failed", "error") or values["camera_lost"] == "true":
+            status.level = DiagnosticStatus.ERROR
+        elif values["paused"] == "true" or problems or not values["instruction"]:
+            status.level = DiagnosticStatus.WARN
+        else:
+            status.level = DiagnosticStatus.OK
+        parts = [values["lifecycle"]]
+        if values["paused"] == "true":
+            parts.append("paused")
+        if values["camera_lost"] == "true":
+            parts.append("camera lost")
+        if values["lifecycle"] == "active" and not values["instruction"]:
+            parts.append("waiting for an instruction")
+        parts += [f"{k}={values[k]}" for k in problems]
+        if values["last_error"]:
+            parts.append(f"last error: {values['last_error']}")
+        status.message = "; ".join(parts)[:1000]
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        try:
+            self._diag_pub.publish(array)
+        except Exception:  # noqa: BLE001 - the context may be shutting down
+            pass
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of `rlrc-node` / `ros2 run rlrc_runtime vla_node`."""
+    from rclpy.signals import SignalHandlerOptions
+
+    # We handle SIGINT/SIGTERM ourselves so that a hold is published before the context goes away.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    node = VLANode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.p("autostart") and not node.autostart_if_requested():
+            node.get_logger().error("autostart: the node did not reach 'active' (see /diagnostics); "
+                                    "staying up for a lifecycle manager to retry")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        try:
+            node.on_shutdown(None)  # hold + release even when not driven through the lifecycle
+        finally:
+            executor.shutdown()
+            node.destroy_node()
+            rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

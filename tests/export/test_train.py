@@ -1,0 +1,145 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.checkpoint import load_model
+from export.model import OpenVLA, init_weights
+from export.tiny import PRESETS, preset_config
+from export.tokenizer_gen import write_tokenizer
+from export.train import ActionDataset, ActionLoss, TrainConfig, load_dataset, lr_factor, make_batch, train
+from rlrc_runtime.action import ActionTokenizer
+from rlrc_runtime.errors import ConfigError
+from rlrc_runtime.preprocess import ImageTransform
+from rlrc_runtime.prompt import PromptTokenizer
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    from sim.data import DemoConfig, write_demos
+
+    out = tmp_path_factory.mktemp("demos") / "demos.hdf5"
+    write_demos(DemoConfig(episodes=4, families=("pick", "push"), image_size=64, seed=0), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> PromptTokenizer:
+    d = tmp_path_factory.mktemp("tok")
+    write_tokenizer(d)
+    return PromptTokenizer.from_dir(d)
+
+
+def _cfg(demos: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(demos), out=str(out), preset="tiny-128", steps=4, batch_size=4, warmup_steps=1,
+                save_every=2, log_every=1, progress=False, seed=0, lr=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_batch_labels_are_the_action_tokens_and_eos(demos, tokenizer):
+    config = preset_config(PRESETS["tiny-128"], norm_stats={})
+    transform = ImageTransform.from_config(config)
+    ds = load_dataset([str(demos)], transform, tokenizer, ActionTokenizer(), None)
+    assert ds.images.shape[1:] == (128, 128, 3) and ds.tokens.shape[1] == 7
+    assert ds.tokens.min() >= 31744 and ds.tokens.max() <= 31999
+    idx = np.array([0, 5, 11])
+    batch = make_batch(ds, idx, transform, config.num_patches, pad_id=32000, eos_id=2)
+    p = config.num_patches
+    assert batch.labels.shape == (3 * 8,)
+    # The output at multimodal position P + j - 1 predicts text token j.
+    text_pos = batch.label_pos - p + 1
+    assert torch.equal(batch.input_ids[batch.label_rows, text_pos], batch.labels)
+    for row, i in enumerate(idx):
+        mine = batch.labels[batch.label_rows == row]
+        assert mine[:7].tolist() == ds.tokens[i].tolist() and mine[7].item() == 2
+        prompt = ds.prompts[ds.instruction_index[i]]
+        assert batch.input_ids[row, : len(prompt)].tolist() == prompt.tolist() and prompt[-1] == 29871
+    # Pixels are normalised exactly as the runtime does it.
+    np.testing.assert_allclose(batch.pixel_values[1].numpy(), transform(ds.images[5])[0], atol=1e-6)
+
+
+def test_training_steps_lower_the_loss(demos, tokenizer):
+    torch.manual_seed(0)
+    config = preset_config(PRESETS["tiny-128"], norm_stats={})
+    model = OpenVLA(config)
+    init_weights(model, seed=0)
+    transform = ImageTransform.from_config(config)
+    ds = load_dataset([str(demos)], transform, tokenizer, ActionTokenizer(), None)
+    batch = make_batch(ds, np.arange(8), transform, config.num_patches, 32000, 2)
+    loss_fn = ActionLoss(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    first, _ = loss_fn(batch)
+    for _ in range(15):
+        opt.zero_grad()
+        loss, _ = loss_fn(batch)
+        loss.backward()
+        opt.step()
+    last, stats = loss_fn(batch)
+    assert last.item() < 0.75 * first.item(), (first.item(), last.item())
+    assert 0 <= stats["metrics/action_accuracy"].item() <= 1
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(data="x", out="y", steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_resume_continues_exactly(demos, tmp_path):
+    straight = train(_cfg(demos, tmp_path / "a"))
+    train(_cfg(demos, tmp_path / "b", steps=2))  # "interrupted" after step 2
+    resumed = train(_cfg(demos, tmp_path / "b"))
+    a, _ = load_model(straight)
+    b, _ = load_model(resumed)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {"losses/action_ce", "charts/lr", "charts/samples_per_s", "metrics/action_accuracy"} <= set(rows[0])
+    # The final checkpoint carries the dataset's norm_stats and runs through the Policy API.
+    import rlrc_runtime as r
+
+    with r.load_policy(resumed) as p:
+        assert p.predict_action(np.zeros((64, 64, 3), np.uint8), "pick up the red block").shape == (7,)
+    assert sorted(p.norm_stats) == ["rlrc_tabletop"]
+    assert len(list((tmp_path / "b" / "checkpoints").iterdir())) == 2
+
+
+def test_resume_with_other_settings_is_refused(demos, tmp_path):
+    train(_cfg(demos, tmp_path / "c", steps=2))
+    with pytest.raises(ConfigError, match="lr: saved 0.001, now 0.002"):
+        train(_cfg(demos, tmp_path / "c", lr=2e-3))
+
+
+def test_fine_tune_from_a_checkpoint(demos, tmp_path, ckpt_factory):
+    final = train(_cfg(demos, tmp_path / "sft", init=str(ckpt_factory("tiny-128")), steps=2))
+    model, info = load_model(final)
+    assert info.config.llm == load_model(ckpt_factory("tiny-128"))[1].config.llm
+    assert "rlrc_tabletop" in info.config.norm_stats
+
+
+def test_config_validation_names_the_flag():
+    with pytest.raises(ConfigError, match="--warmup-steps=50"):
+        TrainConfig(data="x", out="y", steps=10, warmup_steps=50)
+    with pytest.raises(ConfigError, match="--batch-size=0"):
+        TrainConfig(data="x", out="y", batch_size=0)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(demos, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "export.train", "--data", str(demos), "--out", str(tmp_path / "ddp"), "--preset", "tiny-128",
+           "--steps", "2", "--batch-size", "2", "--warmup-steps", "1", "--save-every", "2", "--no-progress",
+           "--threads", "1", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "final" / "config.json").is_file()
