@@ -70,8 +70,12 @@ class TrainConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch default"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    stop_after: int = field(default=0, metadata={"help": "stop (state saved) after this many steps in this run; "
+                                                 "0 = run to --steps. For time-sliced jobs; rerun to resume"})
 
     def __post_init__(self) -> None:
+        if self.stop_after < 0:
+            raise ConfigError(f"--stop-after={self.stop_after} must be >= 0")
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
@@ -283,8 +287,9 @@ def resolve_device(name: str, dist_info: DistInfo) -> str:
     return name
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) a training job; returns the final checkpoint directory."""
+def train(cfg: TrainConfig) -> Path | None:
+    """Run (or resume) a training job; returns the final checkpoint directory, or None when
+    ``stop_after`` ended this run early (its state is saved; run again to continue)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist_info = init_distributed("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
@@ -345,8 +350,11 @@ def train(cfg: TrainConfig) -> Path:
     window: dict[str, list[float]] = {}
     last_log = time.perf_counter()
     samples_since = 0
+    start_step = step
     try:
         while step < cfg.steps:
+            if cfg.stop_after and step - start_step >= cfg.stop_after:
+                break
             opt.zero_grad(set_to_none=True)
             for micro in range(cfg.grad_accum):
                 gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, dist_info.rank)) % (2**63))
@@ -378,13 +386,18 @@ def train(cfg: TrainConfig) -> Path:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
                 bar.set_postfix(loss=f"{row['losses/action_ce']:.3f}", acc=f"{row['metrics/action_accuracy']:.2f}")
-            if dist_info.main and (step % cfg.save_every == 0 or step == cfg.steps):
+            stopping = bool(cfg.stop_after) and step - start_step >= cfg.stop_after
+            if dist_info.main and (step % cfg.save_every == 0 or step == cfg.steps or stopping):
                 _save_state(state_path, model, opt, sched, step)
                 _save_periodic(out, model, config, tok_dir, step, cfg.keep_checkpoints)
     finally:
         bar.close()
         if metrics_file:
             metrics_file.close()
+    if step < cfg.steps:
+        log.info("stopped at step %d of %d; run the same command again to resume", step, cfg.steps)
+        _barrier(dist_info)
+        return None
     final = out / "final"
     if dist_info.main:
         save_checkpoint(model, final, tokenizer_dir=tok_dir, config=config, overwrite=True)
@@ -399,7 +412,7 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
     if not saved_path.is_file():
         return
     saved = json.loads(saved_path.read_text())
-    allowed = {"steps", "save_every", "log_every", "progress", "threads", "keep_checkpoints"}
+    allowed = {"steps", "save_every", "log_every", "progress", "threads", "keep_checkpoints", "stop_after"}
     diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in allowed and saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
@@ -455,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     except RLRCError as exc:
         print(f"rlrc-train: error: {exc}", file=sys.stderr)
         return 2
-    print(f"final checkpoint: {final}")
+    print(f"final checkpoint: {final}" if final else "stopped early (--stop-after); run again to resume")
     return 0
 
 

@@ -180,17 +180,34 @@ def read_checkpoint(path: str | Path, require_norm_stats: bool = True) -> Checkp
 
 
 def image_stats(path: str | Path, config: VLAConfig) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
-    """Per-tower (means, stds): preprocessor_config.json when present, else the tower defaults."""
+    """Per-tower (means, stds) that OpenVLA's image processor actually applies.
+
+    That is ``tvf_normalize_params[i]`` of preprocessor_config.json: the processor recomputes them
+    from ``means``/``stds`` but then HF's ImageProcessingMixin restores every serialised key, so the
+    stored values win. Real openvla-7b files store timm's 0.485... in ``means`` and the bf16-rounded
+    0.484375... in ``tvf_normalize_params``. Fall back to ``means``/``stds``, then the tower defaults.
+    """
     defaults = tuple(t.image_mean for t in config.towers), tuple(t.image_std for t in config.towers)
     pp = Path(path) / "preprocessor_config.json"
     if not pp.is_file():
         return defaults
     raw = read_json(pp)
-    means, stds = raw.get("means"), raw.get("stds")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{pp}: expected a JSON object")
+    tvf = raw.get("tvf_normalize_params")
+    if tvf is not None:
+        means = [p.get("mean") for p in tvf] if isinstance(tvf, list) else None
+        stds = [p.get("std") for p in tvf] if isinstance(tvf, list) else None
+        source = "tvf_normalize_params"
+    else:
+        means, stds, source = raw.get("means"), raw.get("stds"), "means/stds"
     if means is None or stds is None:
         return defaults
-    if len(means) != len(config.towers) or len(stds) != len(config.towers):
+    if len(means) != len(config.towers) or len(stds) != len(config.towers) or any(
+        m is None or s is None or len(m) != 3 or len(s) != 3 for m, s in zip(means, stds)
+    ):
         raise CheckpointError(
-            f"{pp}: means/stds list {len(means)}/{len(stds)} towers, config.json describes {len(config.towers)}"
+            f"{pp}: {source} must give a 3-channel mean and std for each of the {len(config.towers)} "
+            f"tower(s) config.json describes"
         )
     return tuple(tuple(float(v) for v in m) for m in means), tuple(tuple(float(v) for v in s) for s in stds)

@@ -18,7 +18,8 @@ class PredictArgs:
     policy: str = field(metadata={"help": "checkpoint directory"})
     instruction: str = field(default="pick up the red block", metadata={"help": "language instruction"})
     image: str | None = field(default=None, metadata={"help": "RGB image file (PNG/JPEG); default: a generated 480x640 test scene"})
-    backend: str = field(default="torch", metadata={"help": "inference backend"})
+    backend: str = field(default="auto", metadata={"help": "inference backend: auto (torch for checkpoints, "
+                                                   "tensorrt/onnxruntime for bundles), torch, onnxruntime, tensorrt"})
     device: str = field(default="cpu", metadata={"help": "device for the torch backend"})
     dtype: str = field(default="float32", metadata={"help": "compute dtype", "choices": ["float32", "bfloat16", "float16"]})
     unnorm_key: str | None = field(default=None, metadata={"help": "dataset of norm_stats (needed when there are several)"})

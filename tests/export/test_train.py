@@ -96,7 +96,7 @@ def test_lr_schedule():
 
 def test_resume_continues_exactly(demos, tmp_path):
     straight = train(_cfg(demos, tmp_path / "a"))
-    train(_cfg(demos, tmp_path / "b", steps=2))  # "interrupted" after step 2
+    assert train(_cfg(demos, tmp_path / "b", stop_after=2)) is None  # "interrupted" after step 2
     resumed = train(_cfg(demos, tmp_path / "b"))
     a, _ = load_model(straight)
     b, _ = load_model(resumed)
@@ -110,12 +110,12 @@ def test_resume_continues_exactly(demos, tmp_path):
 
     with r.load_policy(resumed) as p:
         assert p.predict_action(np.zeros((64, 64, 3), np.uint8), "pick up the red block").shape == (7,)
-    assert sorted(p.norm_stats) == ["rlrc_tabletop"]
+    assert sorted(p.norm_stats) == ["rlrc_sim_tabletop"]
     assert len(list((tmp_path / "b" / "checkpoints").iterdir())) == 2
 
 
 def test_resume_with_other_settings_is_refused(demos, tmp_path):
-    train(_cfg(demos, tmp_path / "c", steps=2))
+    train(_cfg(demos, tmp_path / "c", stop_after=1))
     with pytest.raises(ConfigError, match="lr: saved 0.001, now 0.002"):
         train(_cfg(demos, tmp_path / "c", lr=2e-3))
 
@@ -124,7 +124,7 @@ def test_fine_tune_from_a_checkpoint(demos, tmp_path, ckpt_factory):
     final = train(_cfg(demos, tmp_path / "sft", init=str(ckpt_factory("tiny-128")), steps=2))
     model, info = load_model(final)
     assert info.config.llm == load_model(ckpt_factory("tiny-128"))[1].config.llm
-    assert "rlrc_tabletop" in info.config.norm_stats
+    assert "rlrc_sim_tabletop" in info.config.norm_stats
 
 
 def test_config_validation_names_the_flag():

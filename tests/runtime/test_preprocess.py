@@ -59,3 +59,23 @@ def test_single_tower_channels():
 def test_bad_images_rejected(bad, match):
     with pytest.raises(InputError, match=match):
         FUSED(bad)
+
+
+def test_normalisation_comes_from_tvf_params_like_the_official_processor(ckpt_copy):
+    # openvla-7b's preprocessor_config.json: timm's values in `means`, bf16-rounded ones in
+    # `tvf_normalize_params` -- and the official processor applies the latter.
+    import json
+
+    from rlrc_runtime.checkpoint import image_stats, read_config
+
+    ckpt = ckpt_copy()
+    pp = json.loads((ckpt / "preprocessor_config.json").read_text())
+    pp["means"] = [[0.485, 0.456, 0.406], [0.5, 0.5, 0.5]]
+    pp["stds"] = [[0.229, 0.224, 0.225], [0.5, 0.5, 0.5]]
+    (ckpt / "preprocessor_config.json").write_text(json.dumps(pp))
+    means, stds = image_stats(ckpt, read_config(ckpt))
+    assert means[0] == DINOV2_MEAN and stds[0] == DINOV2_STD
+    del pp["tvf_normalize_params"]
+    (ckpt / "preprocessor_config.json").write_text(json.dumps(pp))
+    means, _ = image_stats(ckpt, read_config(ckpt))
+    assert means[0] == (0.485, 0.456, 0.406)
