@@ -11,7 +11,6 @@ state continues exactly as if it had never stopped.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -33,9 +32,9 @@ from export.model import OpenVLA, init_weights
 from export.tiny import get_preset, preset_config
 from export.tokenizer_gen import write_tokenizer
 from rlrc_runtime.action import ActionTokenizer, action_stats
-from rlrc_runtime.cli_args import add_arguments, from_namespace
+from rlrc_runtime.cli_args import run_command
 from rlrc_runtime.config import VLAConfig
-from rlrc_runtime.errors import ConfigError, RLRCError
+from rlrc_runtime.errors import ConfigError
 from rlrc_runtime.preprocess import ImageTransform
 from rlrc_runtime.prompt import PromptTokenizer
 
@@ -458,18 +457,11 @@ def _bar(cfg: TrainConfig, start: int, dist_info: DistInfo):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlrc-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, TrainConfig)
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        final = train(from_namespace(TrainConfig, ns))
-    except RLRCError as exc:
-        print(f"rlrc-train: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"final checkpoint: {final}" if final else "stopped early (--stop-after); run again to resume")
-    return 0
+    def run(cfg: TrainConfig) -> str:
+        final = train(cfg)
+        return f"final checkpoint: {final}" if final else "stopped early (--stop-after); run again to resume"
+
+    return run_command("rlrc-train", __doc__, TrainConfig, run, argv, logging.INFO)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,25 @@ def _base_type(kind: Any) -> Any:
     if kind is Path:
         return Path
     return str
+
+
+def run_command(prog: str, doc: str | None, cls: type[T], run: "typing.Callable[[T], str]",
+                argv: list[str] | None = None, log_level: int = 20) -> int:
+    """The whole main() of a one-dataclass command: parse, configure logging, run, print its
+    one-line result; an RLRCError becomes ``prog: error: ...`` on stderr and exit status 2."""
+    import logging
+    import sys
+
+    from rlrc_runtime.errors import RLRCError
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, cls)
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        message = run(from_namespace(cls, ns))
+    except RLRCError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0

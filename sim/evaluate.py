@@ -12,7 +12,6 @@ centre can fall a hair outside the training range).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -27,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from rlrc_runtime.cli_args import add_arguments, from_namespace
-from rlrc_runtime.errors import ConfigError, RLRCError
+from rlrc_runtime.cli_args import run_command
+from rlrc_runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -285,18 +284,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlrc-eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, EvalConfig)
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        report = evaluate(from_namespace(EvalConfig, ns))
-    except RLRCError as exc:
-        print(f"rlrc-eval: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(report))
-    return 0
+    return run_command("rlrc-eval", __doc__, EvalConfig, lambda cfg: format_table(evaluate(cfg)), argv, logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""Regenerate the README's benchmark table from the JSON files in benchmarks/results/.
+
+    python benchmarks/summarize.py            # rewrites the block between the README markers
+
+Only figures that a results file holds are shown, each with its source file; nothing is typed in.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def rows() -> list[str]:
+    out = ["| result | figure | source |", "|---|---|---|"]
+    summary = RESULTS / "bench_mid_cpu_summary.json"
+    if summary.is_file():
+        d = json.loads(summary.read_text())
+        for name, c in d.get("comparisons", {}).items():
+            out.append(f"| `mid` preset, CPU, {name.replace('_', ' ')} | {c['speedup_p50_end_to_end']:.2f}× faster p50 end-to-end, "
+                       f"{c['weight_bytes_ratio']:.2f}× smaller weights | `{summary.name}` ({d['date'][:10]}, loaded 2-core CPU) |")
+    for path in sorted(RESULTS.glob("eval_*.json")):
+        d = json.loads(path.read_text())
+        o = d["overall"]
+        fams = ", ".join(f"{k} {v['success_rate']:.2f}" for k, v in d["families"].items())
+        out.append(f"| success, `{Path(d['policy']).parent.name or d['policy']}` on split `{d['split']}` "
+                   f"({d['episodes_per_family']} ep/family) | mean {o['mean_family_success']:.3f} "
+                   f"(overall 95 % CI [{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]); {fams} | `{path.name}` ({d['date'][:10]}) |")
+    parity = RESULTS / "parity_official.json"
+    if parity.is_file():
+        out.append(f"| token parity with the official OpenVLA code | identical tokens and actions on every case of "
+                   f"{len(json.loads(parity.read_text())['runs'])} runs | `parity_official.md` |")
+    return out
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        print(f"README.md lacks the markers {START} / {END}", file=sys.stderr)
+        return 2
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + START + "\n" + "\n".join(rows()) + "\n" + END + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
