@@ -259,8 +259,9 @@ def plot_report(report: dict[str, Any], path: str) -> None:
 
     fams = list(report["families"])
     rates = [report["families"][f]["success_rate"] for f in fams]
-    lo = [r - report["families"][f]["ci95"][0] for r, f in zip(rates, fams)]
-    hi = [report["families"][f]["ci95"][1] - r for r, f in zip(rates, fams)]
+    # max(0, .): at 0 or n successes the interval's end equals the rate up to float rounding.
+    lo = [max(0.0, r - report["families"][f]["ci95"][0]) for r, f in zip(rates, fams)]
+    hi = [max(0.0, report["families"][f]["ci95"][1] - r) for r, f in zip(rates, fams)]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(fams, rates, yerr=[lo, hi], capsize=4, color="#4c72b0")
     ax.set_ylim(0, 1)

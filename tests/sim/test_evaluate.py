@@ -31,3 +31,13 @@ def test_eval_report_schema_and_determinism(tiny_ckpt, tmp_path):
     again = evaluate(EvalConfig(policy=str(tiny_ckpt), families="pick", episodes=2, progress=False, image_size=64))
     assert again["families"]["pick"]["mean_episode_length"] == report["families"]["pick"]["mean_episode_length"]
     assert again["families"]["pick"]["successes"] == report["families"]["pick"]["successes"]
+
+
+def test_plot_with_zero_and_full_success(tmp_path):
+    from sim.evaluate import plot_report
+
+    fams = {}
+    for name, k in (("pick", 0), ("push", 100)):
+        fams[name] = {"success_rate": k / 100, "ci95": list(wilson_interval(k, 100))}
+    plot_report({"families": fams, "policy": "p", "split": "id", "episodes_per_family": 100}, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0
