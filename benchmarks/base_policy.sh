@@ -2,7 +2,8 @@
 # The built-in benchmark's base policy, from nothing, in one command (issue: built-in benchmark):
 #   bash benchmarks/base_policy.sh [OUT_DIR]          (default artifacts/base)
 # 1. expert demonstrations: 2000 clean + 2000 with DART action noise (labels stay the expert's);
-# 2. rlrc-train from scratch, preset base-128 (OpenVLA architecture at 128 px, ~9 M params);
+# 2. rlrc-train from scratch, preset base-128 (OpenVLA architecture at 128 px, ~9 M params), soft
+#    (HL-Gauss, sigma 2 bins) action-token targets and 2-D sine-cosine position-embedding init;
 # 3. rlrc-eval, 100 episodes per family, in-distribution and held-out splits.
 # Every stage is skipped when its output exists, and training resumes from its last state, so a run
 # cut off by a restart continues where it stopped. Results: benchmarks/results/eval_base_*.json/.png.
@@ -19,16 +20,17 @@ mkdir -p "$OUT" benchmarks/results
 [ -f "$OUT/demos_id_dart_2000.hdf5" ] || $BIN/rlrc-sim demos --episodes 2000 \
   --out "$OUT/demos_id_dart_2000.hdf5" --workers 2 --seed 50000 --action-noise 0.3
 
-if [ ! -f "$OUT/run1/final/config.json" ]; then
+RUN="$OUT/run2"
+if [ ! -f "$RUN/final/config.json" ]; then
   start=$(date +%s)
-  $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/demos_id_dart_2000.hdf5" --out "$OUT/run1" \
-    --preset base-128 --steps 5500 --batch-size 64 --lr 5e-4 --warmup-steps 150 --save-every 500 \
-    --log-every 50 --keep-checkpoints 3
-  echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/run1/wall_time.txt"
+  $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/demos_id_dart_2000.hdf5" --out "$RUN" \
+    --preset base-128 --steps 6400 --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
+    --pos-init sincos --save-every 500 --log-every 50 --keep-checkpoints 3
+  echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$RUN/wall_time.txt"
 fi
 
 for split in id ood; do
-  [ -f "benchmarks/results/eval_base_${split}.json" ] || $BIN/rlrc-eval --policy "$OUT/run1/final" \
+  [ -f "benchmarks/results/eval_base_${split}.json" ] || $BIN/rlrc-eval --policy "$RUN/final" \
     --split "$split" --episodes 100 --workers 2 --json "benchmarks/results/eval_base_${split}.json" \
     --plot "benchmarks/results/eval_base_${split}.png"
 done

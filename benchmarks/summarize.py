@@ -30,6 +30,13 @@ def rows() -> list[str]:
         out.append(f"| success, `{Path(d['policy']).parent.name or d['policy']}` on split `{d['split']}` "
                    f"({d['episodes_per_family']} ep/family) | mean {o['mean_family_success']:.3f} "
                    f"(overall 95 % CI [{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]); {fams} | `{path.name}` ({d['date'][:10]}) |")
+    table = RESULTS / "rlrc_table.json"
+    if table.is_file():
+        d = json.loads(table.read_text())
+        for r in d["rows"].values():
+            out.append(f"| RLRC table: {r['label']} | success id {r['id']['success_rate']:.2f}, ood {r['ood']['success_rate']:.2f}; "
+                       f"{r['memory_ratio_vs_base_bf16']:.2f}× less memory, {r['speedup_vs_base']:.2f}× faster | "
+                       f"`{table.name}` ({d['date'][:10]}) |")
     parity = RESULTS / "parity_official.json"
     if parity.is_file():
         out.append(f"| token parity with the official OpenVLA code | identical tokens and actions on every case of "

@@ -136,6 +136,13 @@ def _engine_args() -> type:
     return _with_config("EngineArgs", EngineConfig, _BUNDLE)
 
 
+def _prune_args() -> type:
+    from export.prune import PruneConfig
+
+    return _with_config("PruneArgs", PruneConfig, _CKPT, ("out", str, field(metadata={"help": "output checkpoint directory"})),
+                        ("overwrite", bool, field(default=False, metadata={"help": "replace an existing checkpoint at --out"})))
+
+
 @dataclass(frozen=True)
 class PipelineArgs:
     checkpoint: str = field(metadata={"help": "OpenVLA checkpoint directory"})
@@ -148,8 +155,25 @@ class PipelineArgs:
     head: str = field(default="full", metadata={"help": "'full' vocabulary head or 'action' rows only", "choices": ["full", "action"]})
     exporter: str = field(default="dynamo", metadata={"help": "torch.onnx exporter", "choices": ["dynamo", "torchscript"]})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing bundle at --out"})
+    prune_ratio: float = field(default=0.0, metadata={"help": "structured pruning of the LLM first (0 = none); see `rlrc-export prune`"})
+    prune_method: str = field(default="taylor", metadata={"help": "pruning importance", "choices": ["taylor", "magnitude", "random"]})
+    recover: str = field(default="", metadata={"help": "recovery stages after pruning: '', 'sft', 'rl' or 'sft,rl' (RLRC)"})
+    data: str | None = field(default=None, metadata={"help": "demonstration HDF5 file(s): Taylor calibration, SFT data, BC data"})
+    sft_steps: int = field(default=1000, metadata={"help": "SFT optimizer steps (rlrc-train --init PRUNED)"})
+    rl_updates: int = field(default=20, metadata={"help": "PPO updates (rlrc-export recover-rl; critic warm-up 4, BC 0.1)"})
+    work: str | None = field(default=None, metadata={"help": "stage checkpoints (default OUT.stages); finished stages are reused"})
 
     def __post_init__(self) -> None:
+        stages = [s for s in self.recover.split(",") if s]
+        if any(s not in ("sft", "rl") for s in stages) or len(set(stages)) != len(stages):
+            raise ConfigError(f"--recover {self.recover!r}: expected a comma-separated subset of sft,rl in order, e.g. 'sft,rl'")
+        if stages == ["rl", "sft"]:
+            raise ConfigError("--recover rl,sft: SFT comes before RL (RLRC); use --recover sft,rl")
+        if not 0 <= self.prune_ratio <= 0.9:
+            raise ConfigError(f"--prune-ratio={self.prune_ratio}: expected a fraction in [0, 0.9]")
+        if (stages or (self.prune_ratio > 0 and self.prune_method == "taylor")) and not self.data:
+            raise ConfigError("--recover and Taylor pruning need demonstrations: pass --data demos.hdf5 "
+                              "(`rlrc-sim demos --out demos.hdf5` writes them)")
         if self.target == "tensorrt" and self.quantize in ("int8", "int4"):
             raise ConfigError(
                 f"--quantize {self.quantize} --target tensorrt: onnxruntime's int8/int4 graphs use ops TensorRT does not run; "
@@ -180,8 +204,44 @@ def cmd_engine(args: Any) -> None:
     print(f"built engines in {out}/engines")
 
 
+def cmd_prune(args: Any) -> None:
+    from export.prune import PruneConfig, format_report, prune_checkpoint
+
+    print(format_report(prune_checkpoint(args.checkpoint, args.out, _pick(PruneConfig, args), overwrite=args.overwrite)))
+
+
+def compress_checkpoint(args: PipelineArgs) -> str:
+    """prune -> SFT -> RL on checkpoints under --work; each finished stage is reused. Returns the last one."""
+    from pathlib import Path
+
+    work = Path(args.work or f"{args.out}.stages")
+    ckpt = args.checkpoint
+    if args.prune_ratio > 0:
+        from export.prune import PruneConfig, format_report, prune_checkpoint
+
+        dst = work / f"pruned_{args.prune_ratio:g}"
+        if not (dst / "prune_report.json").exists():
+            print(format_report(prune_checkpoint(ckpt, dst, PruneConfig(ratio=args.prune_ratio, method=args.prune_method,
+                                                                          data=args.data), overwrite=True)))
+        ckpt = str(dst)
+    stages = [s for s in args.recover.split(",") if s]
+    if "sft" in stages:
+        from export.train import TrainConfig, train
+
+        final = train(TrainConfig(data=args.data or "", out=str(work / "sft"), init=ckpt, steps=args.sft_steps,
+                                  warmup_steps=min(100, args.sft_steps // 10)))
+        ckpt = str(final)
+    if "rl" in stages:
+        from export.recover_rl import RLConfig, train_rl
+
+        final = train_rl(RLConfig(init=ckpt, out=str(work / "rl"), updates=args.rl_updates, critic_warmup=4,
+                                  bc_coef=0.1, bc_data=args.data))
+        ckpt = str(final)
+    return ckpt
+
+
 def cmd_pipeline(args: PipelineArgs) -> None:
-    """Every stage that exists today: onnx export -> quantize -> engine (pruning/recovery arrive later)."""
+    """Every stage: [prune -> SFT -> RL] -> onnx export -> [quantize] -> [engines]."""
     import shutil
     from pathlib import Path
 
@@ -189,6 +249,8 @@ def cmd_pipeline(args: PipelineArgs) -> None:
     from export.onnx_export import OnnxExportConfig, export_onnx
     from export.quantize_deploy import QuantizeConfig, quantize_bundle
 
+    if args.prune_ratio > 0 or args.recover:
+        args = dataclasses.replace(args, checkpoint=compress_checkpoint(args))
     out = Path(args.out)
     onnx_cfg = OnnxExportConfig(precision="fp16" if args.quantize == "fp16" else "fp32", max_seq_len=args.max_seq_len,
                                 embeddings=args.embeddings, head=args.head, exporter=args.exporter)
@@ -207,6 +269,13 @@ def cmd_pipeline(args: PipelineArgs) -> None:
     print(f"wrote bundle {out} ({args.quantize}, target {args.target})")
 
 
+def cmd_recover_rl(args: Any) -> None:
+    from export.recover_rl import train_rl
+
+    final = train_rl(args)
+    print(f"final checkpoint: {final}" if final else "stopped early (--stop-after); run the same command again to resume")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlrc-export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -220,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, InspectArgs)
     p.set_defaults(run=cmd_inspect, args_cls=InspectArgs)
     for name, factory, run, text in (
+        ("prune", _prune_args, cmd_prune, "structured pruning of the LLM (heads, MLP channels, layers) into a new checkpoint"),
         ("onnx", _onnx_args, cmd_onnx, "export vision/prefill/decode ONNX graphs into a bundle"),
         ("quantize", _quantize_args, cmd_quantize, "int8/int4 LLM graphs (onnxruntime.quantization) into a new bundle"),
         ("engine", _engine_args, cmd_engine, "build TensorRT engines for this GPU into the bundle (run on the target)"),
@@ -228,9 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         add_arguments(p, cls)
         p.set_defaults(run=run, args_cls=cls)
-    p = sub.add_parser("pipeline", help="checkpoint -> bundle: every stage that exists (onnx, quantize, engine)")
+    p = sub.add_parser("pipeline", help="checkpoint -> bundle: [prune, SFT, RL,] onnx, [quantize, engine]")
     add_arguments(p, PipelineArgs)
     p.set_defaults(run=cmd_pipeline, args_cls=PipelineArgs)
+    from export.recover_rl import RLConfig
+
+    p = sub.add_parser("recover-rl", help="PPO recovery in the tabletop sim (critic warm-up, BC loss) into a new checkpoint")
+    add_arguments(p, RLConfig)
+    p.set_defaults(run=cmd_recover_rl, args_cls=RLConfig)
     return parser
 
 

@@ -401,11 +401,39 @@ class OpenVLA(nn.Module):
         self.language_model.model.rotary_emb.reset(self.device)
 
 
-def init_weights(model: OpenVLA, seed: int = 0, std: float = 0.02) -> None:
-    """Deterministic random initialisation for tiny test models (no pretrained weights exist here)."""
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding [grid * grid, dim], rows in raster order (MAE's form).
+
+    Half the channels encode the row, half the column, each as sin/cos at geometric frequencies.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_2d needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [D/4]
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # [G, G]
+    parts = []
+    for c in (rows.reshape(-1), cols.reshape(-1)):
+        angle = c[:, None] * omega[None]  # [G*G, D/4]
+        parts += [torch.sin(angle), torch.cos(angle)]
+    return torch.cat(parts, dim=1).to(torch.float32)
+
+
+def init_weights(model: OpenVLA, seed: int = 0, std: float = 0.02, sincos_pos: bool = False) -> None:
+    """Deterministic random initialisation for tiny test models (no pretrained weights exist here).
+
+    ``sincos_pos`` starts the towers' position embeddings at a 2-D sine-cosine table instead of
+    N(0, std): a ViT trained from scratch on a few hundred thousand frames then knows where each
+    patch is from the first step (its N(0, 0.02) embeddings are drowned by the patch content).
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if sincos_pos and name.endswith("pos_embed") and p.ndim == 3 and p.shape[-1] % 4 == 0:
+                grid = int(round(p.shape[1] ** 0.5))
+                if grid * grid == p.shape[1]:
+                    p.copy_(sincos_2d(grid, p.shape[-1])[None])
+                    continue
             if name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "layernorm.weight")):
                 p.fill_(1.0)
             elif name.endswith("scale_factor"):

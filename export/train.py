@@ -62,6 +62,10 @@ class TrainConfig:
     precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 autocast", "choices": ["fp32", "bf16"]})
     augment: bool = field(default=True, metadata={"help": "random image shifts of up to --shift pixels"})
     shift: int = field(default=6, metadata={"help": "max shift of the augmentation, pixels"})
+    pos_init: str = field(default="sincos", metadata={"help": "from scratch: initial position embeddings of the "
+                                                   "towers", "choices": ["sincos", "random"]})
+    label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
+                                                      "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
     save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
     log_every: int = field(default=25, metadata={"help": "log metrics every N steps"})
     keep_checkpoints: int = field(default=2, metadata={"help": "periodic checkpoints kept (oldest deleted)"})
@@ -84,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"--lr={self.lr} must be > 0 and --min-lr-ratio={self.min_lr_ratio} in [0, 1]")
         if self.shift < 0:
             raise ConfigError(f"--shift={self.shift} must be >= 0")
+        if not 0 <= self.label_sigma <= 32:
+            raise ConfigError(f"--label-sigma={self.label_sigma} must be in [0, 32] bins (0 = one-hot, e.g. 2)")
         if not self.data:
             raise ConfigError("--data is empty; pass one or more HDF5 files")
 
@@ -213,19 +219,41 @@ def random_shift(imgs: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Te
 
 
 class ActionLoss(nn.Module):
-    """Cross-entropy on the supervised tokens only; the lm_head runs on those rows alone."""
+    """Cross-entropy on the supervised tokens only; the lm_head runs on those rows alone.
 
-    def __init__(self, model: OpenVLA) -> None:
+    With ``label_sigma > 0`` the target of an action token is not one-hot but a Gaussian over the
+    neighbouring bins (HL-Gauss, Farebrother et al. 2024, "Stop Regressing"): the 256 bins are an
+    ordered discretisation of one number, and a one-hot target treats a prediction one bin off as
+    wrong as one 200 bins off. The soft target keeps inference unchanged (argmax of the same
+    tokens) and makes a small model learn the bin geometry far faster. EOS stays one-hot.
+    """
+
+    def __init__(self, model: OpenVLA, action_ids: tuple[int, int] | None = None, label_sigma: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.label_sigma = float(label_sigma)
+        self.action_ids = action_ids  # (first action token id, one past the last)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hidden = self.model.hidden_states(batch.pixel_values, batch.input_ids)  # [B, P + T, H]
         logits = self.model.language_model.lm_head(hidden[batch.label_rows, batch.label_pos]).float()  # [M, V]
-        loss = F.cross_entropy(logits, batch.labels)
+        act = batch.is_action
+        if self.label_sigma > 0 and self.action_ids is not None:
+            lo, hi = self.action_ids
+            logp = F.log_softmax(logits, dim=-1)  # [M, V]
+            ids = torch.arange(lo, hi, device=logits.device, dtype=torch.float32)  # [A]
+            # EOS rows get a dummy centre inside the action range (their soft term is discarded below;
+            # an all-zero target there would put NaN into the gradient through torch.where).
+            centre = batch.labels.clamp(lo, hi - 1).float()
+            target = torch.exp(-0.5 * ((ids[None] - centre[:, None]) / self.label_sigma) ** 2)  # [M, A]
+            target = target / target.sum(-1, keepdim=True)
+            soft = -(target * logp[:, lo:hi]).sum(-1)  # [M]
+            hard = -logp.gather(1, batch.labels[:, None])[:, 0]  # [M]
+            loss = torch.where(act, soft, hard).mean()
+        else:
+            loss = F.cross_entropy(logits, batch.labels)
         with torch.no_grad():
             pred = logits.argmax(-1)
-            act = batch.is_action
             acc = (pred[act] == batch.labels[act]).float().mean()
             # Bin distance of predicted vs target action tokens (non-action predictions count as 255).
             dist = (pred[act] - batch.labels[act]).abs().clamp(max=255).float().mean()
@@ -311,7 +339,7 @@ def train(cfg: TrainConfig) -> Path | None:
         config = preset_config(get_preset(cfg.preset), norm_stats={})
         init_stats = None
         model = OpenVLA(config)
-        init_weights(model, seed=cfg.seed)
+        init_weights(model, seed=cfg.seed, sincos_pos=cfg.pos_init == "sincos")
         if dist_info.main and not tok_dir.exists():
             write_tokenizer(tok_dir, model_max_length=config.llm.max_position_embeddings)
     _barrier(dist_info)
@@ -326,7 +354,7 @@ def train(cfg: TrainConfig) -> Path | None:
     model.config = config
 
     model.to(device).train()
-    loss_fn: nn.Module = ActionLoss(model)
+    loss_fn: nn.Module = ActionLoss(model, (action_tok.first_action_token, action_tok.vocab_size), cfg.label_sigma)
     if dist_info.world > 1:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)

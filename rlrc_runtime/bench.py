@@ -532,3 +532,83 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
 
 def write_json(report: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- interleaved policies
+
+
+def _policy_timer(path: str, backend: str, image_size: int, conn: Any) -> None:
+    """Child process: load one policy, then time ``predict_action`` whenever the parent asks.
+
+    Replies: "ready" after load and warm-up, "done" after each round, finally a dict with the
+    percentiles and this process's peak resident memory (VmHWM: weights + runtime + buffers).
+    """
+    from rlrc_runtime.policy import load_policy
+
+    try:
+        policy = load_policy(path, backend=backend)
+        frames = [np.random.default_rng(i).integers(0, 255, (image_size, image_size, 3), dtype=np.uint8) for i in range(4)]
+        policy.predict_action(frames[0], "pick up the red block")  # warm-up
+    except Exception as exc:  # reported to the parent, which raises with the row's name
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+        return
+    conn.send("ready")
+    times: list[float] = []
+    while (n := conn.recv()) is not None:
+        for i in range(n):
+            t0 = time.perf_counter()
+            policy.predict_action(frames[i % 4], "pick up the red block")
+            times.append((time.perf_counter() - t0) * 1e3)
+        conn.send("done")
+    conn.send({**summarize(times), "peak_rss_bytes": proc_status_bytes("VmHWM") or 0, "n": len(times)})
+    policy.close()
+
+
+def measure_interleaved(policies: dict[str, tuple[str, str]], iters: int, round_size: int = 5,
+                        image_size: int = 128, timeout_s: float = 600.0) -> dict[str, dict[str, Any]]:
+    """p50/p90/p99/max ms of ``predict_action`` for several policies, timed in interleaved rounds.
+
+    ``policies``: name -> (checkpoint or bundle path, backend). Each policy lives in its own
+    process (so each gets its own peak-memory figure and none shares caches with another); the
+    processes are loaded one at a time and then take turns, ``round_size`` predictions each, so a
+    slow phase of the machine hits every policy alike. Ratios of these numbers are what we quote.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs: dict[str, tuple[Any, Any]] = {}
+
+    def reply(name: str) -> Any:
+        proc, conn = procs[name]
+        if not conn.poll(timeout_s):
+            raise ConfigError(f"latency worker for {name!r} ({policies[name][0]}) gave no answer in {timeout_s:.0f} s "
+                              f"(alive: {proc.is_alive()}, exit code {proc.exitcode})")
+        msg = conn.recv()
+        if isinstance(msg, dict) and "error" in msg:
+            raise ConfigError(f"latency worker for {name!r} could not run {policies[name][0]}: {msg['error']}")
+        return msg
+
+    try:
+        for name, (path, backend) in policies.items():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_policy_timer, args=(path, backend, image_size, child), daemon=True)
+            proc.start()
+            procs[name] = (proc, parent)
+            reply(name)  # loaded one at a time, so loading never overlaps a timed round
+        done = 0
+        while done < iters:
+            n = min(round_size, iters - done)
+            for name, (_, conn) in procs.items():
+                conn.send(n)
+                reply(name)
+            done += n
+        out = {}
+        for name, (_, conn) in procs.items():
+            conn.send(None)
+            out[name] = reply(name)
+        return out
+    finally:
+        for proc, _ in procs.values():
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()

@@ -60,3 +60,27 @@ def test_cli_onnx_quantize_pipeline(tiny_ckpt, tmp_path, capsys):
     assert export_main(["engine", "--bundle", str(b)]) == 2  # no TensorRT here (or no GPU): a clear error, exit 2
     err = capsys.readouterr().err
     assert "TensorRT" in err or "tensorrt" in err or "CUDA" in err
+
+
+def test_pipeline_prunes_before_export(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "pruned_bundle"
+    assert export_main(["pipeline", "--checkpoint", str(tiny_ckpt), "--out", str(out), "--prune-ratio", "0.5",
+                        "--prune-method", "magnitude", "--exporter", "torchscript"]) == 0
+    m = read_manifest(out)
+    cfg = m.vla_config().llm
+    # tiny: 4 layers, first and last kept whole; the middle two lose half their KV groups.
+    assert cfg.num_key_value_heads[0] == 2 and cfg.num_key_value_heads[-1] == 2
+    assert cfg.num_key_value_heads[1] == 1 and cfg.intermediate_size[1] < cfg.intermediate_size[0]
+    assert (tmp_path / "pruned_bundle.stages" / "pruned_0.5" / "prune_report.json").exists()
+    from rlrc_runtime.policy import load_policy
+    import numpy as np
+
+    with load_policy(out) as policy:
+        action = policy.predict_action(np.zeros((224, 224, 3), np.uint8), "pick up the red block")
+    assert action.shape == (7,) and np.isfinite(action).all()
+    capsys.readouterr()
+    assert export_main(["pipeline", "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "x"), "--recover", "sft"]) == 2
+    assert "--data demos.hdf5" in capsys.readouterr().err
+    assert export_main(["pipeline", "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "x"), "--recover", "rl,sft",
+                        "--data", "d.hdf5"]) == 2
+    assert "SFT comes before RL" in capsys.readouterr().err

@@ -86,6 +86,26 @@ def test_training_steps_lower_the_loss(demos, tokenizer):
     assert 0 <= stats["metrics/action_accuracy"].item() <= 1
 
 
+def test_soft_action_labels(demos, tokenizer):
+    """HL-Gauss targets: one-hot CE in the sharp limit, finite gradients although EOS rows are in the batch."""
+    config = preset_config(PRESETS["tiny-128"], norm_stats={})
+    model = OpenVLA(config)
+    init_weights(model, seed=0)
+    transform = ImageTransform.from_config(config)
+    ds = load_dataset([str(demos)], transform, tokenizer, ActionTokenizer(), None)
+    batch = make_batch(ds, np.arange(4), transform, config.num_patches, 32000, 2)
+    span = (31744, 32000)
+    hard, _ = ActionLoss(model)(batch)
+    sharp, _ = ActionLoss(model, span, label_sigma=1e-3)(batch)
+    torch.testing.assert_close(sharp, hard, rtol=1e-5, atol=1e-5)
+    soft, _ = ActionLoss(model, span, label_sigma=2.0)(batch)
+    soft.backward()
+    assert torch.isfinite(soft) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    with pytest.raises(ConfigError, match="label-sigma"):
+        _cfg(demos, Path("/tmp/x"), label_sigma=-1.0)
+
+
 def test_lr_schedule():
     cfg = TrainConfig(data="x", out="y", steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)

@@ -75,3 +75,16 @@ def test_helpers_and_config_errors():
         {"stages_ms": {"end_to_end": {"p50": 6.0}}, "weights": {"total_bytes": 4, "read_per_action_bytes": 2},
          "host_memory": {"load_rss_delta_bytes": 10}, "tokens_last": [1]},
     )["speedup_p50_end_to_end"] == 3.0
+
+
+def test_measure_interleaved_times_each_policy_in_its_own_process(ckpt_factory, tmp_path):
+    from rlrc_runtime.bench import measure_interleaved
+    from rlrc_runtime.errors import ConfigError
+
+    ckpt = str(ckpt_factory("tiny-128"))
+    out = measure_interleaved({"a": (ckpt, "torch"), "b": (ckpt, "torch")}, iters=6, round_size=3)
+    for name in ("a", "b"):
+        assert out[name]["n"] == 6 and 0 < out[name]["p50"] <= out[name]["max"]
+        assert out[name]["peak_rss_bytes"] > 10 * 2**20  # a process that loaded torch and a model
+    with pytest.raises(ConfigError, match="'broken'.*could not run"):
+        measure_interleaved({"broken": (str(tmp_path / "missing"), "torch")}, iters=2)
