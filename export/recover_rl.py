@@ -53,8 +53,8 @@ from torch import nn
 
 from export.checkpoint import copy_tokenizer, load_model, save_checkpoint
 from export.model import KVCache, OpenVLA
-from export.train import (ActionDataset, ActionLoss, Batch, DistInfo, _barrier, init_distributed, load_dataset,
-                          lr_factor, make_batch, param_groups, resolve_device)
+from export.train import (ActionDataset, ActionLoss, Batch, DistInfo, _barrier, begin_run, load_dataset, lr_factor,
+                          make_batch, param_groups)
 from rlrc_runtime.action import ActionStats, ActionTokenizer, action_stats, resolve_unnorm_key
 from rlrc_runtime.checkpoint import image_stats
 from rlrc_runtime.cli_args import run_command
@@ -794,14 +794,7 @@ def load_value_head(directory: str | Path, hidden_size: int) -> ValueHead:
 def train_rl(cfg: RLConfig) -> Path | None:
     """Run (or resume) PPO recovery; returns the final checkpoint directory, or None when
     ``stop_after`` ended this run early (its state is saved; run again to continue)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dist_info = init_distributed("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
-    device = resolve_device(cfg.device, dist_info)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state" / STATE_FILE
-    resume = state_path.is_file()
+    dist_info, device, out, state_path, resume = begin_run(cfg.threads, cfg.device, cfg.out, STATE_FILE)
     if resume:
         _check_resume_config(out, cfg)
 

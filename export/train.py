@@ -314,17 +314,23 @@ def resolve_device(name: str, dist_info: DistInfo) -> str:
     return name
 
 
+def begin_run(threads: int, device_name: str, out_dir: str, state_file: str) -> tuple[DistInfo, str, Path, Path, bool]:
+    """What every training job does first: CPU threads, the process group (under torchrun), the
+    device, the output folder; returns (dist_info, device, out, state_path, resume)."""
+    if threads:
+        torch.set_num_threads(threads)
+    dist_info = init_distributed("cuda" if device_name in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(device_name, dist_info)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state" / state_file
+    return dist_info, device, out, state_path, state_path.is_file()
+
+
 def train(cfg: TrainConfig) -> Path | None:
     """Run (or resume) a training job; returns the final checkpoint directory, or None when
     ``stop_after`` ended this run early (its state is saved; run again to continue)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dist_info = init_distributed("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
-    device = resolve_device(cfg.device, dist_info)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state" / STATE_FILE
-    resume = state_path.is_file()
+    dist_info, device, out, state_path, resume = begin_run(cfg.threads, cfg.device, cfg.out, STATE_FILE)
     if resume:
         _check_resume_config(out, cfg)
 
