@@ -7,6 +7,9 @@
 Rows (the paper's Table 1 and ablations): base; pruned at each ``--ratios`` (no recovery); the
 ``--main-ratio`` model + SFT; + SFT + RL (RLRC); RLRC + INT8 and + INT4 (ONNX Runtime bundles);
 ablations: RL from the pruned model without SFT, RLRC without critic warm-up, RLRC without BC loss.
+The deployed rows are exported with the action-only head (``--head action``) and the quantized ones
+also store the host embedding table quantized (int8 / int4 per row, ``rlrc_runtime.embeddings``):
+at this scale the 32064-row embeddings and lm_head are most of the weights (3.5 % at 7B).
 Columns: LLM parameters, stored weight bytes, memory ratio vs the base in bf16 (the paper's
 baseline convention), p50 latency ratio vs the base measured in one run (rows interleaved, one
 process per row, which also gives each row's peak resident memory), success in-distribution and
@@ -183,7 +186,7 @@ def onnx_stage(checkpoint: str, out: Path, precision: str) -> dict[str, Any]:
     from export.quantize_deploy import QuantizeConfig, quantize_bundle
 
     if precision == "fp32":
-        export_onnx(checkpoint, out, OnnxExportConfig(), overwrite=True)
+        export_onnx(checkpoint, out, OnnxExportConfig(head="action"), overwrite=True)
     else:
         quantize_bundle(checkpoint, out, QuantizeConfig(precision=precision), overwrite=True)
     return {"bundle": str(out)}

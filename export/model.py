@@ -123,6 +123,15 @@ class VisionTower(nn.Module):
         if cfg.attn_pool:
             self.attn_pool = AttentionPoolLatent(cfg)
 
+    def unused_modules(self) -> list[nn.Module]:
+        """Modules kept in checkpoints that ``forward`` never runs (blocks after the feature block, the
+        final norm, SigLIP's attention pool): trainers freeze them, and DDP needs every trained
+        parameter to get a gradient."""
+        mods: list[nn.Module] = list(self.blocks[self.cfg.feature_block + 1 :]) + [self.norm]
+        if self.cfg.attn_pool:
+            mods.append(self.attn_pool)
+        return mods
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> patch features [B, P, C] from block ``depth - 2``, no final norm."""
         x = self.patch_embed(pixels) + self.pos_embed
@@ -358,6 +367,19 @@ class OpenVLA(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.projector.fc1.weight.device
+
+    def freeze_unused(self) -> int:
+        """Stop gradients to the towers' never-run modules (`VisionTower.unused_modules`); returns how
+        many parameters that froze."""
+        towers = [self.vision_backbone.featurizer] + ([self.vision_backbone.fused_featurizer]
+                                                      if hasattr(self.vision_backbone, "fused_featurizer") else [])
+        n = 0
+        for tower in towers:
+            for mod in tower.unused_modules():
+                for p in mod.parameters():
+                    p.requires_grad_(False)
+                    n += p.numel()
+        return n
 
     def embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [B, 3 * n_towers, S, S] -> projected patches [B, P, hidden]."""

@@ -23,12 +23,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from export.bundle import (copy_bundle_except, graph_spec, prepare_out, save_graphs, stage_record,
                            tool_versions, write_bundle)
+from rlrc_runtime.embeddings import dequantize_rows, quantize_rows
 from rlrc_runtime.errors import ConfigError
-from rlrc_runtime.manifest import read_manifest
+from rlrc_runtime.manifest import LLMSpec, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ class QuantizeConfig:
     """int8: per-channel weight scales."""
     quantize_head: bool = field(default=True, metadata={"help": "also quantize lm_head"})
     """Whether lm_head's MatMul is quantized (it is the largest single weight at 7B: 32064 x 4096)."""
+    embed_precision: str = field(default="auto", metadata={
+        "help": "storage of the host text-embedding table: auto (= --precision), none (keep it as exported), "
+                "int8 or int4 (per-row scales)", "choices": ["auto", "none", "int8", "int4"]})
+    """Quantization of the host embedding table (rlrc_runtime.embeddings); 'auto' follows ``precision``."""
 
     def __post_init__(self) -> None:
         if self.precision not in ("int8", "int4"):
@@ -59,6 +65,12 @@ class QuantizeConfig:
             raise ConfigError(f"block_size={self.block_size} must be a power of two >= 16 (MatMulNBits)")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ConfigError(f"accuracy_level={self.accuracy_level} must be 0..4")
+        if self.embed_precision not in ("auto", "none", "int8", "int4"):
+            raise ConfigError(f"embed_precision={self.embed_precision!r}; expected auto, none, int8 or int4")
+
+    @property
+    def embed_quant(self) -> str:
+        return self.precision if self.embed_precision == "auto" else self.embed_precision
 
 
 def _head_nodes(model: onnx.ModelProto) -> list[str]:
@@ -120,6 +132,10 @@ def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, ov
         data_file = "llm.onnx.data"
         weight_bytes = save_graphs(tmp, graphs, data_file)
         skip = {manifest.graphs[n].file for n in LLM_GRAPHS} | {f for n in LLM_GRAPHS for f in manifest.graphs[n].data_files}
+        llm = manifest.llm
+        if llm.embeddings == "host" and cfg.embed_quant != "none" and llm.embed_quant == "none":
+            llm = _quantize_embeddings(bundle, tmp, llm, cfg.embed_quant)
+            skip.add(manifest.llm.embed_file)
         copy_bundle_except(bundle, tmp, skip)
         specs = dict(manifest.graphs)
         for name in LLM_GRAPHS:
@@ -128,7 +144,7 @@ def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, ov
                 raise ConfigError(f"quantizing {name}.onnx changed its inputs; this is a bug in the quantizer settings")
         record = stage_record("quantize", cfg, command or f"rlrc-export quantize --bundle {bundle} --out {out} "
                               f"--precision {cfg.precision}", source=str(bundle.resolve()))
-        new = dataclasses.replace(manifest, graphs=specs, stages=(*manifest.stages, record), engines={},
+        new = dataclasses.replace(manifest, graphs=specs, llm=llm, stages=(*manifest.stages, record), engines={},
                                   versions={**manifest.versions, **tool_versions()})
         out = write_bundle(tmp, out, new)
     except BaseException:
@@ -140,3 +156,16 @@ def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, ov
     after = sum(specs[n].weight_bytes for n in LLM_GRAPHS) // 2
     log.info("wrote %s: LLM weights %.1f MiB -> %.1f MiB (%s)", out, before / 2**20, after / 2**20, cfg.precision)
     return out
+
+
+def _quantize_embeddings(bundle: Path, out_dir: Path, llm: LLMSpec, quant: str) -> LLMSpec:
+    """Write the host table of ``bundle`` quantized per row into ``out_dir``; the updated llm section."""
+    table = np.load(bundle / llm.embed_file)
+    stored, scale = quantize_rows(table, quant)
+    embed_file, scale_file = f"embed_tokens.{quant}.npy", "embed_scales.npy"
+    np.save(out_dir / embed_file, stored)
+    np.save(out_dir / scale_file, scale)
+    err = float(np.abs(dequantize_rows(stored, scale, quant) - table).max())
+    log.info("host embeddings %s: %.1f MiB -> %.1f MiB (max abs error %.2e)", quant, table.nbytes / 2**20,
+             (stored.nbytes + scale.nbytes) / 2**20, err)
+    return dataclasses.replace(llm, embed_file=embed_file, embed_quant=quant, embed_scale_file=scale_file)

@@ -11,6 +11,7 @@ state continues exactly as if it had never stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -64,6 +65,9 @@ class TrainConfig:
     shift: int = field(default=6, metadata={"help": "max shift of the augmentation, pixels"})
     pos_init: str = field(default="sincos", metadata={"help": "from scratch: initial position embeddings of the "
                                                    "towers", "choices": ["sincos", "random"]})
+    ground_frac: float = field(default=0.0, metadata={"help": "fraction of each batch spent on grounding queries "
+                                                      "('where is the red block?' answered with its position as action "
+                                                      "tokens, RT-2-style co-training; our demo files only). 0 = off"})
     label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
                                                       "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
     save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
@@ -77,6 +81,8 @@ class TrainConfig:
                                                  "0 = run to --steps. For time-sliced jobs; rerun to resume"})
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ground_frac < 1.0:
+            raise ConfigError(f"--ground-frac={self.ground_frac} must be in [0, 1)")
         if self.stop_after < 0:
             raise ConfigError(f"--stop-after={self.stop_after} must be >= 0")
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
@@ -112,9 +118,22 @@ class ActionDataset:
     instructions: list[str]
     norm_stats: dict[str, Any]
     dataset_key: str
+    # Grounding queries (sim.grounding), empty unless requested: image row, prompt, answer tokens.
+    query_image: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [Q] into images
+    query_prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [Q] into query_prompts
+    query_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # [Q, 4]
+    query_prompts: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    def action_sample(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(image row, prompt ids, target ids) of demonstration step i."""
+        return i, self.prompts[self.instruction_index[i]], self.tokens[i]
+
+    def query_sample(self, q: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(image row, prompt ids, target ids) of grounding query q."""
+        return int(self.query_image[q]), self.query_prompts[self.query_prompt[q]], self.query_tokens[q]
 
 
 def load_dataset(
@@ -124,19 +143,32 @@ def load_dataset(
     action_tokenizer: ActionTokenizer,
     dataset_key: str | None,
     norm_stats: dict[str, Any] | None = None,
+    grounding: bool = False,
 ) -> ActionDataset:
-    """Read demos, compute (or reuse) norm_stats, and tokenize actions and instructions."""
+    """Read demos, compute (or reuse) norm_stats, and tokenize actions and instructions.
+
+    With ``grounding`` the grounding queries of every demo of ours are built too (sim.grounding).
+    """
     from sim.data import DemoReader, norm_stats_from_arrays
+    from sim.grounding import QUERY_TEMPLATE
 
     images, actions, proprio, instr_of_step = [], [], [], []
     names: dict[str, int] = {}
     n_demos = 0
+    offset = 0
+    q_image, q_prompt, q_answer, q_names = [], [], [], {}
     for path in files:
         with DemoReader(path) as reader:
             key = dataset_key or reader.dataset_name
             dataset_key = key
             for demo in reader.iter_demos():
                 n_demos += 1
+                if grounding:
+                    for q in _demo_queries(reader, demo):
+                        q_image.append(offset + q.frame)
+                        q_prompt.append(q_names.setdefault(q.name, len(q_names)))
+                        q_answer.append(q.answer)
+                offset += len(demo)
                 idx = names.setdefault(demo.instruction, len(names))
                 images.append(np.stack([transform.resize(im) for im in demo.images]))
                 actions.append(demo.actions)
@@ -155,6 +187,10 @@ def load_dataset(
     if stats.action_dim != acts.shape[1]:
         raise ConfigError(f"norm_stats[{dataset_key!r}] has {stats.action_dim} action dims, the data {acts.shape[1]}")
     instructions = list(names)
+    if grounding and not q_image:
+        raise ConfigError(f"--ground-frac needs demo files written by `rlrc-sim demos` (episode seeds and hand "
+                          f"positions); {files} gave no grounding queries. Use --ground-frac 0 for other data")
+    query_tok = dataclasses.replace(tokenizer, template=QUERY_TEMPLATE)
     return ActionDataset(
         images=np.concatenate(images),
         tokens=action_tokenizer.encode(stats.normalize(acts)).astype(np.int64),
@@ -163,7 +199,21 @@ def load_dataset(
         instructions=instructions,
         norm_stats=norm_stats,
         dataset_key=dataset_key,
+        query_image=np.asarray(q_image, np.int64),
+        query_prompt=np.asarray(q_prompt, np.int64),
+        query_tokens=action_tokenizer.encode(np.asarray(q_answer).reshape(-1, 4)).astype(np.int64),
+        query_prompts=[query_tok(n) for n in q_names],
     )
+
+
+def _demo_queries(reader: Any, demo: Any) -> list[Any]:
+    from sim.grounding import demo_queries
+
+    info = reader.episode_info(demo.key)
+    if info is None:
+        return []
+    family, split, seed, ee_pos = info
+    return demo_queries(family, split, seed, demo.instruction, ee_pos)
 
 
 @dataclass
@@ -181,22 +231,27 @@ class Batch:
 
 
 def make_batch(ds: ActionDataset, idx: np.ndarray, transform: ImageTransform, num_patches: int, pad_id: int,
-               eos_id: int, gen: torch.Generator | None = None, shift: int = 0) -> Batch:
-    """Sample indices -> a Batch (images normalised exactly as the runtime's ImageTransform)."""
-    imgs = torch.from_numpy(ds.images[idx]).permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, S, S]
+               eos_id: int, gen: torch.Generator | None = None, shift: int = 0,
+               query_idx: np.ndarray | None = None) -> Batch:
+    """Sample indices (+ grounding query indices) -> a Batch (images normalised exactly as the runtime's
+    ImageTransform). Every sequence is [BOS, patches, prompt, targets, EOS]; targets and EOS are supervised."""
+    samples = [ds.action_sample(int(i)) for i in idx]
+    if query_idx is not None:
+        samples += [ds.query_sample(int(q)) for q in query_idx]
+    rows_img = np.asarray([s[0] for s in samples], np.int64)
+    imgs = torch.from_numpy(ds.images[rows_img]).permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, S, S]
     if shift and gen is not None:
         imgs = random_shift(imgs, shift, gen)
     x = imgs / 255.0
     planes = [(x - torch.tensor(m)[:, None, None]) / torch.tensor(s)[:, None, None]
               for m, s in zip(transform.means, transform.stds)]
-    seqs = [np.concatenate([ds.prompts[ds.instruction_index[i]], ds.tokens[i], [eos_id]]) for i in idx]
-    width = max(len(s) for s in seqs)
+    seqs = [(np.concatenate([prompt, target, [eos_id]]), len(target)) for _, prompt, target in samples]
+    width = max(len(s) for s, _ in seqs)
     ids = np.full((len(seqs), width), pad_id, np.int64)
     rows, pos, labels, is_action = [], [], [], []
-    d = ds.tokens.shape[1]
-    for b, s in enumerate(seqs):
+    for b, (s, d) in enumerate(seqs):
         ids[b, : len(s)] = s
-        first = len(s) - d - 1  # text index of the first action token
+        first = len(s) - d - 1  # text index of the first target token
         for j in range(first, len(s)):
             rows.append(b)
             pos.append(num_patches + j - 1)
@@ -354,12 +409,14 @@ def train(cfg: TrainConfig) -> Path | None:
     tokenizer = PromptTokenizer.from_dir(tok_dir)
     action_tok = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
     t0 = time.perf_counter()
-    ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats)
+    ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats,
+                      grounding=cfg.ground_frac > 0)
     log.info("loaded %d steps, %d instructions from %s in %.1fs", len(ds), len(ds.instructions), cfg.data, time.perf_counter() - t0)
     config = config.replace(norm_stats=ds.norm_stats)
     model.config = config
 
     model.to(device).train()
+    model.freeze_unused()
     loss_fn: nn.Module = ActionLoss(model, (action_tok.first_action_token, action_tok.vocab_size), cfg.label_sigma)
     if dist_info.world > 1:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
@@ -391,9 +448,11 @@ def train(cfg: TrainConfig) -> Path | None:
             opt.zero_grad(set_to_none=True)
             for micro in range(cfg.grad_accum):
                 gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, dist_info.rank)) % (2**63))
-                idx = torch.randint(0, len(ds), (cfg.batch_size,), generator=gen).numpy()
+                n_query = int(round(cfg.batch_size * cfg.ground_frac))
+                idx = torch.randint(0, len(ds), (cfg.batch_size - n_query,), generator=gen).numpy()
+                qidx = torch.randint(0, len(ds.query_image), (n_query,), generator=gen).numpy() if n_query else None
                 batch = make_batch(ds, idx, transform, config.num_patches, config.llm.pad_token_id or 0,
-                                   config.llm.eos_token_id, gen, cfg.shift if cfg.augment else 0).to(device)
+                                   config.llm.eos_token_id, gen, cfg.shift if cfg.augment else 0, qidx).to(device)
                 sync = micro == cfg.grad_accum - 1 or dist_info.world == 1
                 ctx = loss_fn.no_sync() if not sync else _nullcontext()
                 with ctx, autocast:

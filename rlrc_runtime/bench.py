@@ -269,8 +269,9 @@ def weight_facts(policy: Any) -> dict[str, Any]:
     if manifest is not None:
         g = manifest.graphs
         host = 0
-        if manifest.llm.embed_file:
-            host = (Path(policy.path) / manifest.llm.embed_file).stat().st_size
+        for f in (manifest.llm.embed_file, manifest.llm.embed_scale_file):
+            if f:
+                host += (Path(policy.path) / f).stat().st_size
         llm = max(g["prefill"].weight_bytes, g["decode"].weight_bytes)  # one stored copy serves both
         return {
             "total_bytes": g["vision"].weight_bytes + llm + host,

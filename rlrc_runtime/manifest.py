@@ -124,6 +124,10 @@ class LLMSpec:
     """numpy dtype of the cache and of the embeddings fed to the graphs."""
     embed_file: str | None = None
     """[vocab, hidden] .npy table, with embeddings='host'."""
+    embed_quant: str = "none"
+    """Storage of the host table: 'none', 'int8' or 'int4' (per-row scales; rlrc_runtime.embeddings)."""
+    embed_scale_file: str | None = None
+    """float32 [vocab] row scales of a quantized host table."""
 
     def __post_init__(self) -> None:
         if self.embeddings not in ("host", "graph"):
@@ -132,6 +136,10 @@ class LLMSpec:
             raise ConfigError(f"llm.head={self.head!r}; expected 'full' or 'action'")
         if self.embeddings == "host" and not self.embed_file:
             raise ConfigError("llm.embeddings='host' needs llm.embed_file (the [vocab, hidden] .npy table)")
+        if self.embed_quant not in ("none", "int8", "int4"):
+            raise ConfigError(f"llm.embed_quant={self.embed_quant!r}; expected 'none', 'int8' or 'int4'")
+        if self.embed_quant != "none" and not self.embed_scale_file:
+            raise ConfigError(f"llm.embed_quant={self.embed_quant!r} needs llm.embed_scale_file (the row scales)")
         if len(self.cache_layers) != len(self.kv_heads):
             raise ConfigError(f"llm.cache_layers {self.cache_layers} and llm.kv_heads {self.kv_heads} differ in length")
 

@@ -454,6 +454,19 @@ class DemoReader:
             return None
         return np.concatenate([np.asarray(obs[k], dtype=np.float32) for k in parts], axis=1)
 
+    def episode_info(self, key: str) -> tuple[str, str, int, np.ndarray] | None:
+        """(family, split, seed, ee_pos [T, 3]) of one of our demos; None for LIBERO files.
+
+        With these the episode's task can be re-drawn from its seed (`sim.grounding`).
+        """
+        if not self.is_ours:
+            return None
+        g = self._data[key]
+        a = g.attrs
+        if not all(k in a for k in ("family", "split", "seed")) or "ee_pos" not in g["obs"]:
+            return None
+        return _as_str(a["family"]), _as_str(a["split"]), int(a["seed"]), np.asarray(g["obs"]["ee_pos"], np.float32)
+
     def iter_demos(self) -> Iterator[Demo]:
         """Demos in index order (demo_0, demo_1, ..., demo_10, ...)."""
         for key in self.demo_keys:

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from rlrc_runtime.backends.base import Backend
 from rlrc_runtime.config import VLAConfig
+from rlrc_runtime.embeddings import EmbeddingTable
 from rlrc_runtime.errors import BackendError, InputError
 from rlrc_runtime.manifest import Manifest, read_manifest
 
@@ -79,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
         self.allow_spinning = allow_spinning
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.cache: list[np.ndarray] = []
-        self.embed_table: np.ndarray | None = None
+        self.embed_table: EmbeddingTable | None = None
         self.step_timings_ms: dict[str, float] = {}
         """Per-step wall-clock ms of the last ``generate``: 'prefill', 'decode_1', ..."""
         self.last_logits: list[np.ndarray] = []
@@ -121,7 +122,7 @@ class OnnxRuntimeBackend(Backend):
         self.cache = [np.zeros((1, kv, llm.max_seq_len, llm.head_dim), dtype) for kv in llm.kv_heads for _ in "kv"]
         self._past_names = [t.name for t in m.graphs["decode"].inputs[2:]]
         if llm.embeddings == "host":
-            self.embed_table = np.load(self.path / llm.embed_file, mmap_mode="r")  # [vocab, hidden]
+            self.embed_table = EmbeddingTable.open(self.path, llm)  # [vocab, hidden] rows on demand
         super().activate()
 
     def deactivate(self) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from rlrc_runtime.backends.base import Backend
 from rlrc_runtime.config import VLAConfig
+from rlrc_runtime.embeddings import EmbeddingTable
 from rlrc_runtime.errors import BackendError, InputError
 from rlrc_runtime.manifest import Manifest, check_engine, read_manifest
 
@@ -174,7 +175,7 @@ class TensorRTBackend(Backend):
         if llm.embeddings != "host":
             raise BackendError("the tensorrt backend expects a bundle exported with --embeddings host "
                                "(the embedding table stays off the GPU engines)")
-        self.embed_table = np.load(self.path / llm.embed_file, mmap_mode="r")
+        self.embed_table = EmbeddingTable.open(self.path, llm)
 
     def deactivate(self) -> None:
         for buf in self._bufs.values():

@@ -163,3 +163,19 @@ def test_torchrun_two_processes(demos, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "final" / "config.json").is_file()
+
+
+def test_freeze_unused_is_exactly_what_gets_no_gradient(demos, tokenizer):
+    """DDP needs a gradient on every trained parameter: the frozen set is the never-run modules, nothing more."""
+    config = preset_config(PRESETS["tiny-128"], norm_stats={})
+    model = OpenVLA(config)
+    init_weights(model, seed=0)
+    transform = ImageTransform.from_config(config)
+    ds = load_dataset([str(demos)], transform, tokenizer, ActionTokenizer(), None)
+    ActionLoss(model)(make_batch(ds, np.arange(2), transform, config.num_patches, 32000, 2))[0].backward()
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None}
+    assert no_grad and any("attn_pool" in n for n in no_grad) and any(".norm." in n for n in no_grad)
+    model.zero_grad(set_to_none=True)
+    frozen = model.freeze_unused()
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == no_grad
+    assert frozen == sum(p.numel() for n, p in model.named_parameters() if n in no_grad)

@@ -1,0 +1,93 @@
+"""Grounding queries for co-training: "where is the {colour} {object}?" answered from privileged state.
+
+A VLA trained from scratch on a few thousand demonstrations learns slowly to *find* the object an
+instruction names: the only signal linking a colour word to a patch of the image is the action
+loss, which mixes it with where the hand is and what phase the task is in. OpenVLA's towers come
+pretrained and RT-2 co-trains on visual question answering for the same reason. We cannot
+download either, but the simulator knows where every object is, so a demonstration frame can also
+be a question with an exact answer:
+
+    In: Where is the red block?\nOut: <x> <y> <x - hand x> <y - hand y></s>
+
+The answer is four tokens of the 256-bin action vocabulary (`ANSWER_RANGES` gives the value range
+of each), so the model, prompt format and inference path are unchanged: only training sees the
+extra sequences (`rlrc-train --ground-frac`). Every object on the table is asked about, not only
+the target, so the same image gets different answers for different names -- exactly the binding
+the action head needs.
+
+Object positions come from re-sampling the episode's task from its seed (pure numpy, the same draw
+`TabletopEnv.reset(seed=...)` makes) and are only valid while nothing has been touched: a frame is
+used when the hand has not yet come down below `UNTOUCHED_Z` in that demonstration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.tasks import get_family
+
+UNTOUCHED_Z = 0.07
+"""Frames from the start of a demo until the hand first drops below this height (m) are untouched."""
+
+QUERY_TEMPLATE = "In: Where is the {instruction}?\nOut:"
+"""Prompt of a grounding query; {instruction} is "<colour> <object>"."""
+
+# (low, high) of each answer value in metres; mapped linearly onto the action bins' [-1, 1].
+ANSWER_RANGES: tuple[tuple[float, float], ...] = ((-0.25, 0.30), (-0.30, 0.30), (-0.55, 0.55), (-0.55, 0.55))
+
+
+@dataclass(frozen=True)
+class Query:
+    """One grounding question about one frame."""
+
+    frame: int
+    """Frame index inside its demonstration."""
+    name: str
+    """"<colour> <object>", e.g. "red block"."""
+    answer: np.ndarray
+    """float64 [4] in [-1, 1]: object x, y and its offset from the hand, normalised by ANSWER_RANGES."""
+
+
+def episode_objects(family: str, split: str, seed: int) -> tuple[str, dict[str, tuple[float, float]]]:
+    """(instruction, {"<colour> <object>": start xy}) of the episode `reset(seed=seed)` draws.
+
+    Names that occur twice in one scene are left out (the question would have two answers).
+    """
+    from gymnasium.utils import seeding
+
+    rng, _ = seeding.np_random(int(seed))
+    task = get_family(family).sample(rng, split)
+    names = [f"{p.colour} {p.kind}" for p in task.placements]
+    objects = {n: p.xy for n, p in zip(names, task.placements) if names.count(n) == 1}
+    return task.instruction, objects
+
+
+def normalise_answer(values: np.ndarray) -> np.ndarray:
+    lo = np.array([r[0] for r in ANSWER_RANGES])
+    hi = np.array([r[1] for r in ANSWER_RANGES])
+    return np.clip(2.0 * (np.asarray(values, dtype=np.float64) - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+
+
+def untouched_frames(ee_pos: np.ndarray, z: float = UNTOUCHED_Z) -> int:
+    """How many leading frames precede the hand's first descent below `z` (objects still at rest)."""
+    low = np.flatnonzero(np.asarray(ee_pos)[:, 2] < z)
+    return int(low[0]) if low.size else int(len(ee_pos))
+
+
+def demo_queries(family: str, split: str, seed: int, instruction: str, ee_pos: np.ndarray) -> list[Query]:
+    """Every (untouched frame, object) question of one demonstration.
+
+    Returns [] when re-sampling the seed does not give the recorded instruction (a file written by
+    another version of the task code): wrong answers would be worse than none.
+    """
+    drawn, objects = episode_objects(family, split, seed)
+    if drawn != instruction:
+        return []
+    out = []
+    for t in range(untouched_frames(ee_pos)):
+        hand = np.asarray(ee_pos[t][:2], dtype=np.float64)
+        for name, xy in objects.items():
+            obj = np.asarray(xy, dtype=np.float64)
+            out.append(Query(t, name, normalise_answer(np.concatenate([obj, obj - hand]))))
+    return out

@@ -1,0 +1,98 @@
+"""Grounding queries: answers re-drawn from the episode seed match the simulator, and batch correctly."""
+import numpy as np
+import pytest
+import torch
+
+from export.tiny import PRESETS, preset_config
+from export.tokenizer_gen import write_tokenizer
+from export.train import load_dataset, make_batch
+from rlrc_runtime.action import ActionTokenizer
+from rlrc_runtime.errors import ConfigError
+from rlrc_runtime.preprocess import ImageTransform
+from rlrc_runtime.prompt import PromptTokenizer
+from sim.data import DemoConfig, DemoReader, write_demos
+from sim.grounding import ANSWER_RANGES, demo_queries, episode_objects, normalise_answer, untouched_frames
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ground") / "demos.hdf5"
+    write_demos(DemoConfig(episodes=4, families=("pick", "stack"), image_size=64, seed=3), out, progress=False)
+    return out
+
+
+def test_objects_redrawn_from_the_seed_are_where_the_simulator_put_them():
+    from sim import make_env
+
+    env = make_env(family="place", split="id", image_size=64)
+    try:
+        for seed in (11, 12):
+            env.reset(seed=seed)
+            instruction, objects = episode_objects("place", "id", seed)
+            assert instruction == env.unwrapped.task.instruction
+            assert len(objects) >= 3  # block, plate, distractors
+            for p in env.unwrapped.task.placements:
+                name = f"{p.colour} {p.kind}"
+                if name in objects:
+                    np.testing.assert_allclose(objects[name], env.unwrapped.body_pos(p.slot)[:2], atol=1e-6)
+    finally:
+        env.close()
+
+
+def test_queries_only_before_the_hand_comes_down(demos):
+    with DemoReader(demos) as reader:
+        for demo in reader.iter_demos():
+            family, split, seed, ee_pos = reader.episode_info(demo.key)
+            qs = demo_queries(family, split, seed, demo.instruction, ee_pos)
+            n = untouched_frames(ee_pos)
+            assert 0 < n < len(demo) and ee_pos[n, 2] < 0.07 <= ee_pos[:n, 2].min()
+            assert {q.frame for q in qs} == set(range(n))
+            assert all(np.all(np.abs(q.answer) <= 1) for q in qs)
+            # A recording from other task code (instruction differs) yields no answers at all.
+            assert demo_queries(family, split, seed, demo.instruction + " now", ee_pos) == []
+
+
+def test_answer_normalisation_spans_the_bins():
+    lo = np.array([r[0] for r in ANSWER_RANGES])
+    hi = np.array([r[1] for r in ANSWER_RANGES])
+    np.testing.assert_allclose(normalise_answer(lo), -1)
+    np.testing.assert_allclose(normalise_answer(hi), 1)
+    np.testing.assert_allclose(normalise_answer((lo + hi) / 2), 0, atol=1e-12)
+
+
+def test_query_sequences_in_a_batch(demos, tmp_path):
+    write_tokenizer(tmp_path)
+    tok = PromptTokenizer.from_dir(tmp_path)
+    config = preset_config(PRESETS["tiny-128"], norm_stats={})
+    transform = ImageTransform.from_config(config)
+    ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True)
+    assert len(ds.query_image) > 0 and ds.query_tokens.shape[1] == 4
+    assert ds.query_tokens.min() >= 31744 and ds.query_tokens.max() <= 31999
+    batch = make_batch(ds, np.array([0, 1]), transform, config.num_patches, 32000, 2, query_idx=np.array([0, 5]))
+    assert batch.pixel_values.shape[0] == 4
+    assert batch.labels.shape == (2 * 8 + 2 * 5,)  # 7 action tokens + EOS, 4 answer tokens + EOS
+    text_pos = batch.label_pos - config.num_patches + 1
+    assert torch.equal(batch.input_ids[batch.label_rows, text_pos], batch.labels)
+    row = batch.labels[batch.label_rows == 3]
+    assert row[:4].tolist() == ds.query_tokens[5].tolist() and row[4].item() == 2
+    prompt = ds.query_prompts[ds.query_prompt[5]]
+    text = tok.encode_fn("In: Where is the")
+    assert batch.input_ids[3, 1 : 1 + len(text)].tolist() == text
+    assert batch.input_ids[3, : len(prompt)].tolist() == prompt.tolist()
+    np.testing.assert_allclose(batch.pixel_values[3].numpy(), transform(ds.images[ds.query_image[5]])[0], atol=1e-6)
+
+
+def test_grounding_needs_our_demo_files(tmp_path):
+    import h5py
+
+    path = tmp_path / "libero.hdf5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("data/demo_0")
+        g.create_dataset("actions", data=np.zeros((3, 7), np.float32))
+        g.create_dataset("obs/agentview_rgb", data=np.zeros((3, 32, 32, 3), np.uint8))
+        g.attrs["instruction"] = "pick up the red block"
+    write_tokenizer(tmp_path / "tok")
+    tok = PromptTokenizer.from_dir(tmp_path / "tok")
+    config = preset_config(PRESETS["tiny-128"], norm_stats={})
+    with pytest.raises(ConfigError, match="ground-frac"):
+        load_dataset([str(path)], ImageTransform.from_config(config), tok, ActionTokenizer(), "libero_x", grounding=True)
