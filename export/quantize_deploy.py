@@ -10,8 +10,9 @@ hold quantized weights; the runtime loads it like any other (ONNX Runtime picks 
   ``block_size`` input channels with one scale each; ``accuracy_level=4`` lets the CPU kernel
   compute with int8 activations.
 
-The vision graph stays in its exported precision: it runs once per action, the LLM runs 7 times
-(design.md §5), and the towers are the part most sensitive to quantization. Every quantized
+The vision graph stays in its exported precision unless ``quantize_vision`` is set: it runs once
+per action, the LLM runs 7 times (design.md §5), and the towers are the part most sensitive to
+quantization, so whether quantizing it is worth it is measured, not assumed. Every quantized
 artifact must be benchmarked (`rlrc-bench --compare`), never assumed fast: the RLRC paper's
 NF4 made latency worse.
 """
@@ -53,6 +54,10 @@ class QuantizeConfig:
     """int8: per-channel weight scales."""
     quantize_head: bool = field(default=True, metadata={"help": "also quantize lm_head"})
     """Whether lm_head's MatMul is quantized (it is the largest single weight at 7B: 32064 x 4096)."""
+    quantize_vision: bool = field(default=False, metadata={
+        "help": "also quantize the vision graph's MatMuls (towers + projector) at --precision; the patch "
+                "embedding convolutions stay float"})
+    """Whether vision.onnx is quantized too (it stays fp32 by default: it runs once per action)."""
     embed_precision: str = field(default="auto", metadata={
         "help": "storage of the host text-embedding table: auto (= --precision), none (keep it as exported), "
                 "int8 or int4 (per-row scales)", "choices": ["auto", "none", "int8", "int4"]})
@@ -124,22 +129,26 @@ def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, ov
         )
     tmp = prepare_out(out, overwrite)
     try:
+        names = (*LLM_GRAPHS, "vision") if cfg.quantize_vision else LLM_GRAPHS
         graphs: dict[str, onnx.ModelProto] = {}
         with tempfile.TemporaryDirectory() as work_dir:
-            for name in LLM_GRAPHS:
+            for name in names:
                 log.info("quantizing %s to %s", manifest.graphs[name].file, cfg.precision)
                 graphs[name] = quantize_graph(bundle / manifest.graphs[name].file, cfg, Path(work_dir))
-        data_file = "llm.onnx.data"
-        weight_bytes = save_graphs(tmp, graphs, data_file)
-        skip = {manifest.graphs[n].file for n in LLM_GRAPHS} | {f for n in LLM_GRAPHS for f in manifest.graphs[n].data_files}
+        data_files = {n: "llm.onnx.data" for n in LLM_GRAPHS}
+        weight_bytes = save_graphs(tmp, {n: graphs[n] for n in LLM_GRAPHS}, "llm.onnx.data")
+        if cfg.quantize_vision:
+            data_files["vision"] = "vision.onnx.data"
+            weight_bytes.update(save_graphs(tmp, {"vision": graphs["vision"]}, "vision.onnx.data"))
+        skip = {manifest.graphs[n].file for n in names} | {f for n in names for f in manifest.graphs[n].data_files}
         llm = manifest.llm
         if llm.embeddings == "host" and cfg.embed_quant != "none" and llm.embed_quant == "none":
             llm = _quantize_embeddings(bundle, tmp, llm, cfg.embed_quant)
             skip.add(manifest.llm.embed_file)
         copy_bundle_except(bundle, tmp, skip)
         specs = dict(manifest.graphs)
-        for name in LLM_GRAPHS:
-            specs[name] = graph_spec(graphs[name], f"{name}.onnx", cfg.precision, (data_file,), weight_bytes[name])
+        for name in names:
+            specs[name] = graph_spec(graphs[name], f"{name}.onnx", cfg.precision, (data_files[name],), weight_bytes[name])
             if specs[name].inputs != manifest.graphs[name].inputs:
                 raise ConfigError(f"quantizing {name}.onnx changed its inputs; this is a bug in the quantizer settings")
         record = stage_record("quantize", cfg, command or f"rlrc-export quantize --bundle {bundle} --out {out} "

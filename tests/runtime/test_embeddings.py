@@ -68,7 +68,8 @@ def bundles(tiny_ckpt, tmp_path_factory):
     out = {"fp32": fp32}
     for name, cfg in {"int8": QuantizeConfig(precision="int8"),
                       "int4": QuantizeConfig(precision="int4"),
-                      "int8_dense_embed": QuantizeConfig(precision="int8", embed_precision="none")}.items():
+                      "int8_dense_embed": QuantizeConfig(precision="int8", embed_precision="none"),
+                      "int4_vision": QuantizeConfig(precision="int4", quantize_vision=True)}.items():
         out[name] = quantize_bundle(fp32, base / name, cfg)
     return out
 
@@ -116,3 +117,17 @@ def test_tampered_or_inconsistent_table_is_refused(bundles, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises((BundleError, ConfigError), match="int3"):
         read_manifest(bad, verify=False)
+
+
+def test_vision_graph_quantized_on_request(bundles):
+    import onnx
+
+    fp32, q = read_manifest(bundles["fp32"]), read_manifest(bundles["int4_vision"])
+    assert read_manifest(bundles["int4"]).graphs["vision"].precision == "fp32"
+    assert q.graphs["vision"].precision == "int4" and q.graphs["vision"].data_files == ("vision.onnx.data",)
+    assert q.graphs["vision"].weight_bytes < 0.6 * fp32.graphs["vision"].weight_bytes  # convs, norms, pos stay float
+    ops = {n.op_type for n in onnx.load(str(bundles["int4_vision"] / "vision.onnx"), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops and "Conv" in ops  # patch embeddings stay float
+    p = r.load_policy(bundles["int4_vision"])
+    res = p.infer(np.full((64, 64, 3), 90, np.uint8), "pick up the red block")
+    assert res.action.shape == (7,) and np.all(np.isfinite(res.action))
