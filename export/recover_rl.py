@@ -54,7 +54,7 @@ from torch import nn
 from export.checkpoint import copy_tokenizer, load_model, save_checkpoint
 from export.model import KVCache, OpenVLA
 from export.train import (ActionDataset, ActionLoss, Batch, DistInfo, _barrier, begin_run, load_dataset, lr_factor,
-                          make_batch, param_groups)
+                          make_batch, param_groups, progress_bar)
 from rlrc_runtime.action import ActionStats, ActionTokenizer, action_stats, resolve_unnorm_key
 from rlrc_runtime.checkpoint import image_stats
 from rlrc_runtime.cli_args import run_command
@@ -865,7 +865,7 @@ def train_rl(cfg: RLConfig) -> Path | None:
     ctx = PolicyContext(model, value_head, transform, PromptCache(tokenizer), tok, stats,
                         config.llm.pad_token_id or 0, autocast)
     steps_per_update = cfg.rollout_steps * cfg.num_envs * dist_info.world
-    bar = _bar(cfg, update, dist_info)
+    bar = progress_bar(cfg.updates, update, "ppo", "update", cfg.progress and dist_info.main)
     metrics_file = (out / "metrics.jsonl").open("a") if dist_info.main else None
     window: dict[str, list[float]] = {}
     start_update = update
@@ -1015,13 +1015,6 @@ def _save_periodic(out: Path, model: OpenVLA, value_head: ValueHead, config: VLA
     save_value_head(value_head, path, config.llm.hidden_size)
     for p in sorted(ckpt_dir.glob("update_*"))[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
-
-
-def _bar(cfg: RLConfig, start: int, dist_info: DistInfo):
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.updates, initial=start, desc="ppo", unit="update",
-                disable=not (cfg.progress and dist_info.main), dynamic_ncols=True)
 
 
 def main(argv: list[str] | None = None) -> int:

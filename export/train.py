@@ -435,7 +435,7 @@ def train(cfg: TrainConfig) -> Path | None:
 
     autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                               enabled=cfg.precision == "bf16")
-    bar = _bar(cfg, step, dist_info)
+    bar = progress_bar(cfg.steps, step, "train", "step", cfg.progress and dist_info.main)
     metrics_file = (out / "metrics.jsonl").open("a") if dist_info.main else None
     window: dict[str, list[float]] = {}
     last_log = time.perf_counter()
@@ -542,11 +542,11 @@ class _nullcontext:
         return None
 
 
-def _bar(cfg: TrainConfig, start: int, dist_info: DistInfo):
+def progress_bar(total: int, start: int, desc: str, unit: str, enabled: bool):
+    """The trainers' tqdm bar (shown on the main process only, resumed runs start at ``start``)."""
     from tqdm import tqdm
 
-    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
-                disable=not (cfg.progress and dist_info.main), dynamic_ncols=True)
+    return tqdm(total=total, initial=start, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
 def main(argv: list[str] | None = None) -> int:
