@@ -1,37 +1,41 @@
 #!/usr/bin/env bash
 # The built-in benchmark's base policy, from nothing, in one command (issue: built-in benchmark):
-#   bash benchmarks/base_policy.sh [OUT_DIR]          (default artifacts/base)
-# 1. expert demonstrations: 2000 clean + 2000 with DART action noise (labels stay the expert's);
+#   bash benchmarks/base_policy.sh [OUT_DIR]          (default artifacts/base_policy)
+# 1. expert demonstrations on the id split: 2000 clean + 2000 with DART action noise (labels stay
+#    the expert's);
 # 2. rlrc-train from scratch, preset base-128 (OpenVLA architecture at 128 px, ~9 M params), soft
-#    (HL-Gauss, sigma 2 bins) action-token targets and 2-D sine-cosine position-embedding init
-#    (attempt 2, the reported result; grounding co-training, --ground-frac, is not in the recipe: see
-#    benchmarks/results/grounding_bench.md);
-# 3. rlrc-eval, 100 episodes per family, in-distribution and held-out splits.
+#    (HL-Gauss, sigma 2 bins) action-token targets, 2-D sine-cosine position-embedding init and
+#    20 % grounding queries ("Where is the red block?", sim/grounding.py) in every batch;
+# 3. rlrc-eval, 100 episodes per family: id, ood (the four shifts mixed) and id_clutter (the id tasks
+#    among distractors, which needs colour binding: see benchmarks/results/grounding_bench.md).
 # Every stage is skipped when its output exists, and training resumes from its last state, so a run
-# cut off by a restart continues where it stopped. Results: benchmarks/results/eval_base_*.json/.png.
+# cut off by a restart continues where it stopped. Wall times (demos, training) go to
+# OUT/wall_time.txt. Results: benchmarks/results/eval_base_*.json/.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export MUJOCO_GL=${MUJOCO_GL:-egl}
-OUT=${1:-artifacts/base}
+OUT=${1:-artifacts/base_policy}
 BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 
+t0=$(date +%s)
 [ -f "$OUT/demos_id_2000.hdf5" ] || $BIN/rlrc-sim demos --episodes 2000 --out "$OUT/demos_id_2000.hdf5" \
   --workers 2 --seed 0
 [ -f "$OUT/demos_id_dart_2000.hdf5" ] || $BIN/rlrc-sim demos --episodes 2000 \
   --out "$OUT/demos_id_dart_2000.hdf5" --workers 2 --seed 50000 --action-noise 0.3
+[ -f "$OUT/wall_time.txt" ] || echo "demos wall time: $(( $(date +%s) - t0 )) s" | tee "$OUT/wall_time.txt"
 
-RUN="$OUT/run2"
+RUN="$OUT/run"
 if [ ! -f "$RUN/final/config.json" ]; then
   start=$(date +%s)
   $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/demos_id_dart_2000.hdf5" --out "$RUN" \
     --preset base-128 --steps 6400 --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
-    --pos-init sincos --save-every 500 --log-every 50 --keep-checkpoints 3
-  echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$RUN/wall_time.txt"
+    --pos-init sincos --ground-frac 0.2 --save-every 500 --log-every 50 --keep-checkpoints 3
+  echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
 fi
 
-for split in id ood; do
+for split in id ood id_clutter; do
   [ -f "benchmarks/results/eval_base_${split}.json" ] || $BIN/rlrc-eval --policy "$RUN/final" \
     --split "$split" --episodes 100 --workers 2 --json "benchmarks/results/eval_base_${split}.json" \
     --plot "benchmarks/results/eval_base_${split}.png"

@@ -4,7 +4,8 @@
     python benchmarks/grounding_bench.py '{"steps": 600, "target": "hand"}'      # control: the hand
     options (JSON): steps, every, lr, bs, demos, data, tower (overrides, e.g. {"patch_size": 32}),
                     layers, hidden, mlp, sincos, shift, target ("object" | "hand"), order ("rel_first"),
-                    aux (weight of a per-patch colour-fraction auxiliary head)
+                    aux (weight of a per-patch colour-fraction auxiliary head),
+                    qk_gain (multiply the LLM's q/k init; qk_towers also the towers' qkv), patch_gain
 
 A few minutes per question on 2 cores instead of an hour of policy training: the base-128 model
 (or a variant) is trained on grounding queries only (sim/grounding.py) from the first `demos`
@@ -35,6 +36,16 @@ preset = dataclasses.replace(base, tower={**base.tower, **args.get("tower", {})}
 cfg = preset_config(preset, norm_stats={})
 torch.manual_seed(0)
 model = OpenVLA(cfg); init_weights(model, seed=0, sincos_pos=args.get("sincos", True)); model.freeze_unused()
+if args.get("qk_gain"):  # sharper attention from the start: scale every q/k projection's init
+    with torch.no_grad():
+        for n, p_ in model.named_parameters():
+            if n.endswith(("q_proj.weight", "k_proj.weight")) or (args.get("qk_towers") and n.endswith("qkv.weight")):
+                p_.mul_(args["qk_gain"])
+if args.get("patch_gain"):  # patch content louder against the sine-cosine position table
+    with torch.no_grad():
+        for n, p_ in model.named_parameters():
+            if "patch_embed" in n and n.endswith("weight"):
+                p_.mul_(args["patch_gain"])
 if args.get("proj_scale"):
     with torch.no_grad(): model.projector.fc3.weight.mul_(args["proj_scale"]); model.projector.fc3.bias.mul_(args["proj_scale"])
 import tempfile
@@ -45,7 +56,7 @@ imgs, qi, qp, qa, names = [], [], [], [], {}
 starts = set()
 off = 0
 N = args.get("demos", 700)
-with DemoReader(args.get("data", "/work/main/artifacts/base/demos_id_2000.hdf5")) as r:
+with DemoReader(args.get("data", "artifacts/base_policy/demos_id_2000.hdf5")) as r:
     for key in r.demo_keys[:N]:
         d = r.read_demo(key); fam, split, seed, ee = r.episode_info(key); starts.add(off)
         for q in demo_queries(fam, split, seed, d.instruction, ee):

@@ -49,9 +49,9 @@ FAMILIES = ("pick", "push", "place", "stack")
 
 @dataclass(frozen=True)
 class TableConfig:
-    base: str = field(default="artifacts/base/run2/final",
+    base: str = field(default="artifacts/base_policy/run/final",
                       metadata={"help": "base policy checkpoint (benchmarks/base_policy.sh writes it)"})
-    demos: str = field(default="artifacts/base/demos_id_2000.hdf5,artifacts/base/demos_id_dart_2000.hdf5",
+    demos: str = field(default="artifacts/base_policy/demos_id_2000.hdf5,artifacts/base_policy/demos_id_dart_2000.hdf5",
                        metadata={"help": "demonstration HDF5 files: pruning calibration, SFT data, BC data"})
     work: str = field(default="artifacts/rlrc_table", metadata={"help": "stage artifacts and markers"})
     results: str = field(default="benchmarks/results", metadata={"help": "where NAME.json/.md/.png go"})

@@ -27,7 +27,8 @@ def rows() -> list[str]:
         d = json.loads(path.read_text())
         o = d["overall"]
         fams = ", ".join(f"{k} {v['success_rate']:.2f}" for k, v in d["families"].items())
-        out.append(f"| success, `{Path(d['policy']).parent.name or d['policy']}` on split `{d['split']}` "
+        split = f"`{d['split']}`" + (" (pre-0.4 scenes, with distractors)" if d.get("split_note") else "")
+        out.append(f"| success, `{Path(d['policy']).parent.name or d['policy']}` on split {split} "
                    f"({d['episodes_per_family']} ep/family) | mean {o['mean_family_success']:.3f} "
                    f"(overall 95 % CI [{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]); {fams} | `{path.name}` ({d['date'][:10]}) |")
     table = RESULTS / "rlrc_table.json"

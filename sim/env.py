@@ -73,7 +73,7 @@ class TabletopConfig:
     family: str = "pick"
     """Task family: one of `sim.list_families()` (pick, push, place, stack)."""
     split: str = "id"
-    """Dataset split: one of `sim.list_splits()` (id, ood_combo, ood_distractor, ood_paraphrase, ood_visual, ood)."""
+    """Dataset split: one of `sim.list_splits()` (id, id_clutter, ood_combo, ood_distractor, ood_paraphrase, ood_visual, ood)."""
     seed: int | None = None
     """Seed of the first `reset()` when it is called without one; None = fresh OS entropy."""
     image_size: int = 128

@@ -6,10 +6,16 @@ instruction, camera/light shifts) and judges success from positions. `sim.env` t
 
 Splits (selected by name, see `SPLITS`):
   id              seen (colour, object) / (colour, colour) / (colour, side) combinations,
-                  training paraphrases, nominal camera and lighting, the family's usual distractors.
+                  training paraphrases, nominal camera and lighting, only the objects the task
+                  needs (pick, push: one; place: a block and a plate; stack: two blocks).
+  id_clutter      `id` tasks among the family's usual distractors (a second object, a second
+                  plate and block, a third block): the instruction has to pick out the target by
+                  colour (and shape). This was `id` before 0.4; a tiny from-scratch policy does not
+                  learn that binding in a CPU budget (benchmarks/results/grounding_bench.md).
   ood_combo       target combinations held out of `id` (every colour, shape and side is still
                   seen in `id`, only the pairing is new).
-  ood_distractor  `id` tasks with two extra distractor objects on the table.
+  ood_distractor  `id_clutter` scenes plus two extra distractor objects: the issue's "distractor
+                  objects" held-out shift.
   ood_paraphrase  `id` tasks phrased with held-out paraphrases.
   ood_visual      `id` tasks with the camera moved and tilted, the light changed and the table
                   recoloured.
@@ -67,14 +73,19 @@ class SplitSpec:
     """OOD shifts an episode draws one from (uniformly); empty for the in-distribution split."""
     description: str
     """One line for `sim.cli list`."""
+    clutter: bool = False
+    """The family's usual distractors are on the table in every episode (the distractor shift adds them too)."""
 
 
 SPLITS: dict[str, SplitSpec] = {
     s.name: s
     for s in (
-        SplitSpec("id", (), "in-distribution: seen combinations, training paraphrases, nominal view"),
+        SplitSpec("id", (), "in-distribution: seen combinations, training paraphrases, nominal view, "
+                  "only the objects the task needs"),
+        SplitSpec("id_clutter", (), "id tasks among the family's usual distractors (target picked out by "
+                  "colour/shape)", clutter=True),
         SplitSpec("ood_combo", ("combo",), "held-out target combinations (colour/object, colour/colour, colour/side)"),
-        SplitSpec("ood_distractor", ("distractor",), f"{EXTRA_DISTRACTORS} extra distractor objects"),
+        SplitSpec("ood_distractor", ("distractor",), f"the usual distractors plus {EXTRA_DISTRACTORS} extra objects"),
         SplitSpec("ood_paraphrase", ("paraphrase",), "held-out paraphrases of the instruction"),
         SplitSpec("ood_visual", ("visual",), "shifted camera pose and field of view, changed light, recoloured table"),
         SplitSpec("ood", OOD_KINDS, "each episode gets one of the four OOD shifts at random"),
@@ -224,6 +235,7 @@ class TaskFamily:
             raise unknown_name("split", split, SPLITS)
         shifts = SPLITS[split].shifts
         shift = shifts[int(rng.integers(len(shifts)))] if shifts else None
+        clutter = SPLITS[split].clutter or shift == "distractor"
         pool = self.heldout_combos() if shift == "combo" else self.id_combos()
         combo = pool[int(rng.integers(len(pool)))]
         # A crowded draw (e.g. two plates and four objects) can leave no room for the last object;
@@ -231,7 +243,7 @@ class TaskFamily:
         for _ in range(LAYOUT_TRIES):
             try:
                 slots = _Slots()
-                placements, target, goal, side = self._layout(rng, combo, slots)
+                placements, target, goal, side = self._layout(rng, combo, slots, clutter)
                 if shift == "distractor":
                     placements = placements + self._extra_distractors(rng, placements, slots, side, target)
                 break
@@ -252,8 +264,9 @@ class TaskFamily:
         )
 
     def _layout(
-        self, rng: np.random.Generator, combo: tuple[str, str], slots: _Slots
+        self, rng: np.random.Generator, combo: tuple[str, str], slots: _Slots, clutter: bool
     ) -> tuple[list[Placement], str, str | None, str | None]:
+        """(placements, target slot, goal slot, side); `clutter` adds the family's usual distractors."""
         raise NotImplementedError
 
     def _instruction(
@@ -335,10 +348,12 @@ class PickFamily(TaskFamily):
         kinds = scene.MOVABLE_KINDS
         return [(c, kinds[(i + 1) % len(kinds)]) for i, c in enumerate(COLOUR_NAMES)]
 
-    def _layout(self, rng, combo, slots):
+    def _layout(self, rng, combo, slots, clutter):
         colour, kind = combo
         target = Placement(slots.take(kind), kind, colour, _sample_xy(rng, scene.FOOTPRINT[kind], []), _yaw(rng))
         placed = [target]
+        if not clutter:
+            return placed, target.slot, None, None
         # One distractor that differs in colour or shape (often both), so the instruction is unique.
         while True:
             d_kind = scene.MOVABLE_KINDS[int(rng.integers(len(scene.MOVABLE_KINDS)))]
@@ -375,7 +390,7 @@ class PushFamily(TaskFamily):
         sides = tuple(SIDES)
         return [(c, sides[i % len(sides)]) for i, c in enumerate(COLOUR_NAMES)]
 
-    def _layout(self, rng, combo, slots):
+    def _layout(self, rng, combo, slots, clutter):
         colour, side = combo
         d = np.asarray(SIDES[side])
         r = scene.FOOTPRINT["block"]
@@ -388,6 +403,8 @@ class PushFamily(TaskFamily):
                         and np.all(behind <= hi + 0.05))
 
         target = Placement(slots.take("block"), "block", colour, _sample_xy(rng, r, [], room_to_push), _yaw(rng))
+        if not clutter:
+            return [target], target.slot, None, side
         ok = _push_corridor_ok(target, side, scene.FOOTPRINT)
         others = [c for c in COLOUR_NAMES if c != colour]
         d_colour = others[int(rng.integers(len(others)))]
@@ -421,7 +438,7 @@ class PlaceFamily(TaskFamily):
     def heldout_combos(self) -> list[tuple[str, str]]:
         return _cyclic_pairs(1)
 
-    def _layout(self, rng, combo, slots):
+    def _layout(self, rng, combo, slots, clutter):
         block_c, plate_c = combo
         rb, rp = scene.FOOTPRINT["block"], scene.FOOTPRINT["plate"]
         taken: list[tuple[tuple[float, float], float]] = []
@@ -432,6 +449,9 @@ class PlaceFamily(TaskFamily):
             return Placement(slots.take(kind), kind, colour, xy, _yaw(rng))
 
         plate = put("plate", plate_c, rp)
+        if not clutter:
+            block = put("block", block_c, rb)
+            return [plate, block], block.slot, plate.slot, None
         other_plate = put("plate", COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))], rp)
         if other_plate.colour == plate_c:  # keep the goal plate unique by colour
             others = [c for c in COLOUR_NAMES if c != plate_c]
@@ -468,13 +488,14 @@ class StackFamily(TaskFamily):
     def heldout_combos(self) -> list[tuple[str, str]]:
         return _cyclic_pairs(2)
 
-    def _layout(self, rng, combo, slots):
+    def _layout(self, rng, combo, slots, clutter):
         top_c, base_c = combo
         r = scene.FOOTPRINT["block"]
         taken: list[tuple[tuple[float, float], float]] = []
         placed = []
         others = [c for c in COLOUR_NAMES if c not in combo]
-        for colour in (top_c, base_c, others[int(rng.integers(len(others)))]):
+        colours = (top_c, base_c, others[int(rng.integers(len(others)))]) if clutter else (top_c, base_c)
+        for colour in colours:
             xy = _sample_xy(rng, r, taken)
             taken.append((xy, r))
             placed.append(Placement(slots.take("block"), "block", colour, xy, _yaw(rng)))

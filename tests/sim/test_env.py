@@ -126,12 +126,13 @@ def test_unknown_names_get_a_did_you_mean_hint() -> None:
 
 def test_listing() -> None:
     assert sim.list_families() == ["pick", "push", "place", "stack"]
-    assert sim.list_splits() == ["id", "ood_combo", "ood_distractor", "ood_paraphrase", "ood_visual", "ood"]
+    assert sim.list_splits() == ["id", "id_clutter", "ood_combo", "ood_distractor", "ood_paraphrase",
+                                  "ood_visual", "ood"]
 
 
 def test_image_left_is_world_plus_y() -> None:
     """The push sides are defined in the camera's frame: image-left must be world +y."""
-    env = sim.make_env(family="pick", seed=3, image_size=64)
+    env = sim.make_env(family="pick", split="id_clutter", seed=3, image_size=64)  # two objects
     env.reset()
     env._render()
     renderer = env._renderer

@@ -9,9 +9,10 @@ from sim.experts import make_expert
 SEEDS = (0, 1, 2)
 
 
+@pytest.mark.parametrize("split", ["id", "id_clutter"])
 @pytest.mark.parametrize("family", ["pick", "push", "place", "stack"])
-def test_expert_succeeds(family: str) -> None:
-    env = sim.make_env(family=family, image_size=32)
+def test_expert_succeeds(family: str, split: str) -> None:
+    env = sim.make_env(family=family, image_size=32, split=split)
     expert = make_expert(env)
     for seed in SEEDS:
         env.reset(seed=seed)
@@ -43,9 +44,10 @@ def test_push_moves_the_block_towards_the_named_side() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("split", ["id", "id_clutter"])
 @pytest.mark.parametrize("family", ["pick", "push", "place", "stack"])
-def test_expert_success_rate_over_100_seeds(family: str) -> None:
-    env = sim.make_env(family=family, image_size=32)
+def test_expert_success_rate_over_100_seeds(family: str, split: str) -> None:
+    env = sim.make_env(family=family, image_size=32, split=split)
     expert = make_expert(env)
     wins = 0
     for seed in range(100):

@@ -21,16 +21,17 @@ def demos(tmp_path_factory):
     return out
 
 
-def test_objects_redrawn_from_the_seed_are_where_the_simulator_put_them():
+@pytest.mark.parametrize("split,n_objects", [("id", 2), ("id_clutter", 4)])
+def test_objects_redrawn_from_the_seed_are_where_the_simulator_put_them(split, n_objects):
     from sim import make_env
 
-    env = make_env(family="place", split="id", image_size=64)
+    env = make_env(family="place", split=split, image_size=64)
     try:
         for seed in (11, 12):
             env.reset(seed=seed)
-            instruction, objects = episode_objects("place", "id", seed)
+            instruction, objects = episode_objects("place", split, seed)
             assert instruction == env.unwrapped.task.instruction
-            assert len(objects) >= 3  # block, plate, distractors
+            assert len(objects) == n_objects  # block and plate; id_clutter adds a second plate and block
             for p in env.unwrapped.task.placements:
                 name = f"{p.colour} {p.kind}"
                 if name in objects:

@@ -5,7 +5,7 @@ import pytest
 
 import sim
 from sim import scene
-from sim.tasks import FAMILIES, SPLITS, get_family
+from sim.tasks import EXTRA_DISTRACTORS, FAMILIES, SPLITS, get_family
 
 N = 12
 
@@ -48,11 +48,32 @@ def test_ood_paraphrase_uses_held_out_templates(family: str) -> None:
     assert not id_texts & {t.instruction for t, *_ in tasks}
 
 
+# Objects on the table per family: id has only what the task needs, id_clutter the usual distractors.
+NEEDED = {"pick": 1, "push": 1, "place": 2, "stack": 2}
+CLUTTERED = {"pick": 2, "push": 2, "place": 4, "stack": 3}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_id_has_only_the_objects_the_task_needs(family: str) -> None:
+    id_tasks = _tasks(family, "id")
+    assert {len(t.placements) for t, *_ in id_tasks} == {NEEDED[family]}
+    for task, *_ in id_tasks:
+        assert task.target in {p.slot for p in task.placements}
+        if task.goal:
+            assert task.goal in {p.slot for p in task.placements} and task.goal != task.target
+    clutter = _tasks(family, "id_clutter")
+    assert {len(t.placements) for t, *_ in clutter} == {CLUTTERED[family]}
+    # Same split rules apart from the clutter: seen combinations, training paraphrases, nominal view.
+    f = get_family(family)
+    for task, *_ in clutter:
+        assert task.shift is None and task.visual is None and task.combo not in set(f.heldout_combos())
+        assert task.template_index < f.n_id_templates
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_ood_distractor_adds_objects(family: str) -> None:
-    n_id = {len(t.placements) for t, *_ in _tasks(family, "id")}
     n_ood = {len(t.placements) for t, *_ in _tasks(family, "ood_distractor")}
-    assert len(n_id) == 1 and n_ood == {next(iter(n_id)) + 2}
+    assert n_ood == {CLUTTERED[family] + EXTRA_DISTRACTORS}
     # Distractors never make the instruction ambiguous.
     for task, _, env in _tasks(family, "ood_distractor", 5):
         target = task.placement(task.target)
