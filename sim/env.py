@@ -225,11 +225,15 @@ class TabletopEnv(gym.Env):
         """True if either finger touches the slot's geom."""
         return bool(self._finger_contacts(slot))
 
+    def pinched(self, slot: str) -> bool:
+        """Both fingers touch the object (lifted or not)."""
+        return len(self._finger_contacts(slot)) == 2
+
     def grasped(self, slot: str) -> bool:
         """Both fingers touch the object and it is off the table."""
         kind = self.task.placement(slot).kind if self.task else "block"
         lifted = float(self.body_pos(slot)[2]) > scene.REST_Z[kind] + 0.01
-        return len(self._finger_contacts(slot)) == 2 and lifted
+        return self.pinched(slot) and lifted
 
     def _finger_contacts(self, slot: str) -> set[int]:
         geom = self._slots[slot]["geom"]

@@ -7,7 +7,13 @@ keep the hand level, and an absolute gripper command (1 = open, 0 = closed) -- s
 actions are exactly what a policy must learn to produce.
 
 Phases advance on measured state, not on a clock, so the expert recovers from small slips (a
-block that rotates while it is pushed, a grasp that lands a few millimetres off).
+block that rotates while it is pushed, a grasp that lands a few millimetres off, a grasp that
+closed on nothing: the expert opens and approaches again).
+
+No phase commands "stand still": while the fingers close the hand already rises a little. A
+single-frame policy cannot see how far the fingers have closed, and when the expert held still for
+the closing steps, the policy learnt "closed and low: hold still" and never lifted (measured on
+the 0.4 base policy: it reached, closed and then hovered for the rest of the episode).
 """
 from __future__ import annotations
 
@@ -29,7 +35,9 @@ CARRY_Z = 0.11  # pinch height while carrying a block to its goal
 POS_TOL = 0.006  # m, waypoint reached (xy)
 Z_TOL = 0.008  # m, waypoint reached (z)
 YAW_TOL = 0.06  # rad
-CLOSE_STEPS = 5  # control steps to let the fingers close on the object
+CLOSE_STEPS = 4  # control steps to let the fingers close on the object
+CLOSE_LIFT = 0.004  # m the hand rises per step while the fingers close (see `_pick_phases`)
+REGRASP_HEIGHT = 0.03  # m the pinch point may rise above a grasp that holds nothing before re-grasping
 RELEASE_STEPS = 4
 
 
@@ -93,6 +101,8 @@ class Expert:
         """approach -> descend -> close -> lift; returns None once the object is lifted."""
         env = self.env
         obj = env.body_pos(slot)
+        if self.phase in ("lift", "carry") and self._lost_grip(slot):
+            self.phase = "approach"
         if self.phase == "approach":
             yaw = self._grasp_yaw(slot)
             self.memory["yaw"] = yaw
@@ -112,8 +122,14 @@ class Expert:
                 self.phase = "lift"
                 # Where the object sits relative to the pinch point, to place it precisely later.
                 self.memory["offset"] = obj - env.ee_pos
-            return env.ee_pos, yaw, 0.0
+            return env.ee_pos + np.array([0.0, 0.0, CLOSE_LIFT]), yaw, 0.0
         return None
+
+    def _lost_grip(self, slot: str) -> bool:
+        """The hand rose well above the object without it between both fingers."""
+        env = self.env
+        above = float(env.ee_pos[2] - env.body_pos(slot)[2]) > REGRASP_HEIGHT
+        return above and not env.pinched(slot)
 
 
 class PickExpert(Expert):

@@ -59,3 +59,45 @@ def test_expert_success_rate_over_100_seeds(family: str, split: str) -> None:
                 break
         wins += terminated
     assert wins >= 95
+
+
+def test_pick_expert_never_holds_still_with_closed_fingers() -> None:
+    """Closing and lifting both rise: a single-frame policy must not learn "closed and low: hold still"."""
+    env = sim.make_env(family="pick", image_size=32)
+    expert = make_expert(env)
+    for seed in SEEDS:
+        env.reset(seed=seed)
+        expert.reset()
+        closed_steps = 0
+        while True:
+            action = expert.act()
+            if action[6] < 0.5:
+                closed_steps += 1
+                assert action[2] > 0.002, f"seed {seed}: closed-gripper action {action} does not rise"
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+        assert terminated and closed_steps >= 4
+
+
+def test_pick_expert_grasps_again_after_losing_the_object() -> None:
+    env = sim.make_env(family="pick", image_size=32)
+    expert = make_expert(env)
+    env.reset(seed=1)
+    expert.reset()
+    while expert.phase != "lift":
+        env.step(expert.act())
+    for _ in range(4):  # someone opens the hand during the lift: the object stays on the table
+        action = expert.act()
+        action[6] = 1.0
+        env.step(action)
+    phases = []
+    while True:
+        action = expert.act()
+        phases.append(expert.phase)
+        _, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    # back to approach (straight on to descend: the hand is already over the object), then a new grasp
+    assert phases[0] == "descend" and "close" in phases
+    assert terminated and info["success"]
