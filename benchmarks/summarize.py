@@ -7,6 +7,7 @@ Only figures that a results file holds are shown, each with its source file; not
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,7 +29,14 @@ def rows() -> list[str]:
         o = d["overall"]
         fams = ", ".join(f"{k} {v['success_rate']:.2f}" for k, v in d["families"].items())
         split = f"`{d['split']}`" + (" (pre-0.4 scenes, with distractors)" if d.get("split_note") else "")
-        out.append(f"| success, `{Path(d['policy']).parent.name or d['policy']}` on split {split} "
+        attempt = re.search(r"attempt\d+", path.stem)
+        if attempt:
+            who = f"base policy {attempt.group(0).replace('attempt', 'attempt ')}"
+        elif path.stem.startswith("eval_base_") and "bundle" not in path.stem:
+            who = "base policy (current recipe, `eval_base_id.md`)"
+        else:
+            who = f"`{Path(d['policy']).parent.name or d['policy']}`"
+        out.append(f"| success, {who} on split {split} "
                    f"({d['episodes_per_family']} ep/family) | mean {o['mean_family_success']:.3f} "
                    f"(overall 95 % CI [{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]); {fams} | `{path.name}` ({d['date'][:10]}) |")
     table = RESULTS / "rlrc_table.json"
