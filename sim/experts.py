@@ -1,19 +1,19 @@
 """Scripted experts: one per task family, reading privileged simulator state.
 
 Each expert is a small phase machine over waypoints (above the object, down to it, close, lift,
-carry while descending onto the goal, release). Every step it emits the 7-D action of `sim.env` -- a translation delta
-towards the current waypoint, a yaw delta towards the grasp yaw, zero roll/pitch corrections that
-keep the hand level, and an absolute gripper command (1 = open, 0 = closed) -- so recorded expert
-actions are exactly what a policy must learn to produce.
+carry while descending onto the goal, release). Every step it emits the 7-D action of `sim.env` --
+a translation delta towards the current waypoint, a yaw delta towards the grasp yaw, zero
+roll/pitch corrections that keep the hand level, and an absolute gripper command (1 = open, 0 =
+closed) -- so recorded expert actions are exactly what a policy must learn to produce.
 
 Phases advance on measured state, not on a clock, so the expert recovers from small slips (a
 block that rotates while it is pushed, a grasp that lands a few millimetres off, a grasp that
 closed on nothing: the expert opens and approaches again).
 
-No phase commands "stand still": while the fingers close the hand already rises a little. A
-single-frame policy cannot see how far the fingers have closed, and when the expert held still for
-the closing steps, the policy learnt "closed and low: hold still" and never lifted (measured on
-the 0.4 base policy: it reached, closed and then hovered for the rest of the episode).
+No step commands "closed: hold still": while the fingers close the hand already rises a little,
+and a carried block descends as it nears its goal and is let go on arrival. A single-frame policy
+sees neither how far the fingers have closed nor its height precisely; with such steps in the
+data the trained base policy closed and hovered, or stalled over the goal (docs/benchmark.md).
 """
 from __future__ import annotations
 
@@ -123,8 +123,6 @@ class Expert:
             self.counter += 1
             if self.counter >= CLOSE_STEPS:
                 self.phase = "lift"
-                # Where the object sits relative to the pinch point, to place it precisely later.
-                self.memory["offset"] = obj - env.ee_pos
             return env.ee_pos + np.array([0.0, 0.0, CLOSE_LIFT]), yaw, 0.0
         return None
 
