@@ -1,10 +1,11 @@
 """Scripted experts: one per task family, reading privileged simulator state.
 
-Each expert is a small phase machine over waypoints (above the object, down to it, close, lift,
-carry while descending onto the goal, release). Every step it emits the 7-D action of `sim.env` --
-a translation delta towards the current waypoint, a yaw delta towards the grasp yaw, zero
-roll/pitch corrections that keep the hand level, and an absolute gripper command (1 = open, 0 =
-closed) -- so recorded expert actions are exactly what a policy must learn to produce.
+Each expert is a small phase machine over waypoints (above the object, straight down to it,
+close, lift, carry while descending onto the goal, release; push funnels down behind the block).
+Every step it emits the 7-D action of `sim.env` -- a translation delta towards the current
+waypoint, a yaw delta towards the grasp yaw, zero roll/pitch corrections that keep the hand level,
+and an absolute gripper command (1 = open, 0 = closed) -- so recorded expert actions are exactly
+what a policy must learn to produce.
 
 Phases advance on measured state, not on a clock, so the expert recovers from small slips (a
 block that rotates while it is pushed, a grasp that lands a few millimetres off, a grasp that
@@ -14,6 +15,12 @@ No step commands "closed: hold still": while the fingers close the hand already 
 and a carried block descends as it nears its goal and is let go on arrival. A single-frame policy
 sees neither how far the fingers have closed nor its height precisely; with such steps in the
 data the trained base policy closed and hovered, or stalled over the goal (docs/benchmark.md).
+Push does not wait at a hover point to switch to "descend" either: its target height is a
+continuous function of the remaining xy and yaw error (`funnel_height`), so the hand goes down
+while it aligns. The grasping experts keep "hover, then straight down": with a funnel the trained
+policy closed its fingers 4-5 cm above the object, 2-4 cm off to the side (attempt 6,
+docs/benchmark.md); a straight descent makes "low and directly over it" the one picture where the
+fingers close.
 """
 from __future__ import annotations
 
@@ -30,11 +37,21 @@ from sim.tasks import SIDES
 
 logger = logging.getLogger(__name__)
 
-HOVER = 0.08  # m above the object's centre while approaching
+HOVER = 0.08  # m above the grasp (push) height while the hand is far from the object
+# Push approach funnel: (m of height per m of xy error, xy error in m at which it reaches the
+# bottom). Closed fingers behind the block: touching its near face early only pushes it the right
+# way; they must clear its top only when more than 2 cm too far forward.
+PUSH_FUNNEL = (3.0, 0.008)
+YAW_HEIGHT = 0.1  # m of extra height per rad of yaw error (a bar's ends clear the fingers)
 CARRY_Z = 0.11  # pinch height while carrying a block to its goal
 POS_TOL = 0.006  # m, waypoint reached (xy)
 Z_TOL = 0.008  # m, waypoint reached (z)
 YAW_TOL = 0.06  # rad
+# Where the push funnel ends and pushing starts. Looser than a waypoint: with noisy actions (DART
+# demos, or a policy) xy, z and yaw are rarely all within the waypoint tolerances on the same step.
+BOTTOM_XY_TOL = 0.012
+BOTTOM_Z_TOL = 0.012
+BOTTOM_YAW_TOL = 0.12
 CLOSE_STEPS = 4  # control steps to let the fingers close on the object
 CLOSE_LIFT = 0.004  # m the hand rises per step while the fingers close (see `_pick_phases`)
 REGRASP_HEIGHT = 0.03  # m the pinch point may rise above a grasp that holds nothing before re-grasping
@@ -42,6 +59,13 @@ RELEASE_STEPS = 4
 FUNNEL_START = 0.07  # m from the goal (xy) where a carried block starts to descend
 FUNNEL_END = 0.01  # m from the goal where it reaches release height
 RELEASE_DROP = 0.012  # m above its resting height from which a carried block is let go
+
+
+def funnel_height(xy_error: float, yaw_error: float, funnel: tuple[float, float]) -> float:
+    """Height above the grasp (push) point of the approach target: 0 once aligned, HOVER when far."""
+    slope, deadband = funnel
+    h = slope * max(xy_error - deadband, 0.0) + YAW_HEIGHT * abs(yaw_error)
+    return min(h, HOVER)
 
 
 def _nearest_equivalent(angle: float, current: float, period: float) -> float:
@@ -92,16 +116,21 @@ class Expert:
         # Pinch at the object's centre, but keep the fingertips just above the table.
         return max(scene.REST_Z[kind], scene.FINGER_HALF[2] + 0.002)
 
-    def _reached(self, target: np.ndarray, yaw: float | None = None) -> bool:
+    def _reached(self, target: np.ndarray, yaw: float | None = None,
+                 tol: tuple[float, float, float] = (POS_TOL, Z_TOL, YAW_TOL)) -> bool:
+        """The pinch point is within (xy, z) of `target` and, if `yaw` is given, the hand within yaw tol."""
         env = self.env
         err = target - env.ee_pos
-        ok = float(np.hypot(err[0], err[1])) < POS_TOL and abs(float(err[2])) < Z_TOL
+        ok = float(np.hypot(err[0], err[1])) < tol[0] and abs(float(err[2])) < tol[1]
         if yaw is not None:
-            ok = ok and abs(wrap_angle(yaw - float(env.ee_euler[2]))) < YAW_TOL
+            ok = ok and abs(wrap_angle(yaw - float(env.ee_euler[2]))) < tol[2]
         return ok
 
+    def _at_bottom(self, xy: np.ndarray, bottom_z: float, yaw: float) -> bool:
+        return self._reached(np.array([xy[0], xy[1], bottom_z]), yaw, (BOTTOM_XY_TOL, BOTTOM_Z_TOL, BOTTOM_YAW_TOL))
+
     def _pick_phases(self, slot: str) -> tuple[np.ndarray, float, float] | None:
-        """approach -> descend -> close -> lift; returns None once the object is lifted."""
+        """approach (hover over it) -> descend (straight down) -> close -> lift; None once lifted."""
         env = self.env
         obj = env.body_pos(slot)
         if self.phase in ("lift", "carry") and self._lost_grip(slot):
@@ -125,6 +154,13 @@ class Expert:
                 self.phase = "lift"
             return env.ee_pos + np.array([0.0, 0.0, CLOSE_LIFT]), yaw, 0.0
         return None
+
+    def _funnel_target(self, xy: np.ndarray, bottom_z: float, yaw: float, funnel: tuple[float, float]) -> np.ndarray:
+        """Over `xy`, at `bottom_z` plus the funnel height for the hand's current xy and yaw error."""
+        env = self.env
+        xy_error = float(np.hypot(xy[0] - env.ee_pos[0], xy[1] - env.ee_pos[1]))
+        yaw_error = wrap_angle(yaw - float(env.ee_euler[2]))
+        return np.array([xy[0], xy[1], bottom_z + funnel_height(xy_error, yaw_error, funnel)])
 
     def _lost_grip(self, slot: str) -> bool:
         """The hand rose well above the object without it between both fingers."""
@@ -199,7 +235,7 @@ class StackExpert(_PlaceOnExpert):
 
 
 class PushExpert(Expert):
-    """Close the fingers, drop behind the block, push it along the side direction."""
+    """Close the fingers, funnel down behind the block, push it along the side direction."""
 
     STANDOFF = scene.BLOCK_HALF * 1.42 + 2 * scene.FINGER_HALF[1] + 0.012  # clear of a rotated cube's corner
     PRESS = 0.02  # how far inside the block face the pinch target is put while pushing
@@ -213,15 +249,8 @@ class PushExpert(Expert):
         obj = env.body_pos(slot)
         push_z = scene.FINGER_HALF[2] + 0.003
         if self.phase == "approach":
-            target = obj - d * self.STANDOFF
-            target[2] = push_z + HOVER
-            if self._reached(target, yaw):
-                self.phase = "descend"
-            return target, yaw, 0.0
-        if self.phase == "descend":
-            target = obj - d * self.STANDOFF
-            target[2] = push_z
-            if self._reached(target):
+            target = self._funnel_target(obj - d * self.STANDOFF, push_z, yaw, PUSH_FUNNEL)
+            if self._at_bottom(target, push_z, yaw):
                 self.phase = "push"
             return target, yaw, 0.0
         moved = float(np.dot((obj - env.start_pos(slot))[:2], d[:2]))

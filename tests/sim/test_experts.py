@@ -105,3 +105,44 @@ def test_pick_expert_grasps_again_after_losing_the_object() -> None:
     # back to approach (straight on to descend: the hand is already over the object), then a new grasp
     assert phases[0] == "descend" and "close" in phases
     assert terminated and info["success"]
+
+
+def test_funnel_height_is_zero_when_aligned_and_capped_when_far() -> None:
+    from sim.experts import HOVER, PUSH_FUNNEL, funnel_height
+
+    heights = [funnel_height(e, 0.0, PUSH_FUNNEL) for e in np.linspace(0.0, 0.3, 61)]
+    assert heights[0] == 0.0 and heights[-1] == HOVER
+    assert all(b >= a for a, b in zip(heights, heights[1:])), "height must not fall as the error grows"
+    assert funnel_height(0.0, 0.3, PUSH_FUNNEL) > funnel_height(0.0, 0.0, PUSH_FUNNEL)
+
+
+def test_push_approach_goes_down_while_aligned_instead_of_hovering() -> None:
+    """Once the hand is behind the block it descends on the same step: no "hover, then descend"
+    switch for a single-frame policy to guess (docs/benchmark.md)."""
+    family = "push"
+    from sim.experts import scene
+
+    env = sim.make_env(family=family, image_size=32)
+    expert = make_expert(env)
+    checked = 0
+    for seed in SEEDS:
+        env.reset(seed=seed)
+        expert.reset()
+        while True:
+            phase_before = expert.phase
+            action = expert.act()
+            if phase_before == "approach" and expert.phase == "approach":
+                target = env.body_pos(env.task.target)
+                if family == "push":  # aim point: behind the block
+                    from sim.tasks import SIDES
+
+                    target = target - np.array([*SIDES[env.task.side], 0.0]) * expert.STANDOFF
+                xy_error = float(np.hypot(*(target - env.ee_pos)[:2]))
+                bottom = scene.FINGER_HALF[2] + 0.003 if family == "push" else expert._grasp_z(env.task.target)
+                if xy_error < 0.01 and env.ee_pos[2] > bottom + 0.02:
+                    checked += 1
+                    assert action[2] < -0.005, f"seed {seed}: aligned ({xy_error:.3f} m) yet not descending: {action}"
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+    assert checked > 0
