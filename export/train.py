@@ -68,6 +68,9 @@ class TrainConfig:
     ground_frac: float = field(default=0.0, metadata={"help": "fraction of each batch spent on grounding queries "
                                                       "('where is the red block?' answered with its position as action "
                                                       "tokens, RT-2-style co-training; our demo files only). 0 = off"})
+    ground_task: bool = field(default=False, metadata={"help": "with --ground-frac: also ask where the object the "
+                                                    "instruction moves is ('where is the object to move to <instruction>?')"
+                                                    ", which binds the instruction's words to its target"})
     label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
                                                       "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
     save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
@@ -83,6 +86,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ground_frac < 1.0:
             raise ConfigError(f"--ground-frac={self.ground_frac} must be in [0, 1)")
+        if self.ground_task and self.ground_frac == 0:
+            raise ConfigError("--ground-task adds questions to the grounding share of each batch; pass --ground-frac "
+                              "too (e.g. 0.2)")
         if self.stop_after < 0:
             raise ConfigError(f"--stop-after={self.stop_after} must be >= 0")
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
@@ -144,10 +150,12 @@ def load_dataset(
     dataset_key: str | None,
     norm_stats: dict[str, Any] | None = None,
     grounding: bool = False,
+    task_queries: bool = False,
 ) -> ActionDataset:
     """Read demos, compute (or reuse) norm_stats, and tokenize actions and instructions.
 
-    With ``grounding`` the grounding queries of every demo of ours are built too (sim.grounding).
+    With ``grounding`` the grounding queries of every demo of ours are built too (sim.grounding),
+    with ``task_queries`` including "where is the object to move to <instruction>?".
     """
     from sim.data import DemoReader, norm_stats_from_arrays
     from sim.grounding import QUERY_TEMPLATE
@@ -164,7 +172,7 @@ def load_dataset(
             for demo in reader.iter_demos():
                 n_demos += 1
                 if grounding:
-                    for q in _demo_queries(reader, demo):
+                    for q in _demo_queries(reader, demo, task_queries):
                         q_image.append(offset + q.frame)
                         q_prompt.append(q_names.setdefault(q.name, len(q_names)))
                         q_answer.append(q.answer)
@@ -206,14 +214,14 @@ def load_dataset(
     )
 
 
-def _demo_queries(reader: Any, demo: Any) -> list[Any]:
+def _demo_queries(reader: Any, demo: Any, task_queries: bool) -> list[Any]:
     from sim.grounding import demo_queries
 
     info = reader.episode_info(demo.key)
     if info is None:
         return []
     family, split, seed, ee_pos = info
-    return demo_queries(family, split, seed, demo.instruction, ee_pos)
+    return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries)
 
 
 @dataclass
@@ -410,7 +418,7 @@ def train(cfg: TrainConfig) -> Path | None:
     action_tok = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats,
-                      grounding=cfg.ground_frac > 0)
+                      grounding=cfg.ground_frac > 0, task_queries=cfg.ground_task)
     log.info("loaded %d steps, %d instructions from %s in %.1fs", len(ds), len(ds.instructions), cfg.data, time.perf_counter() - t0)
     config = config.replace(norm_stats=ds.norm_stats)
     model.config = config

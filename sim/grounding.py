@@ -15,6 +15,15 @@ extra sequences (`rlrc-train --ground-frac`). Every object on the table is asked
 the target, so the same image gets different answers for different names -- exactly the binding
 the action head needs.
 
+With ``task_queries`` every untouched frame also gets one question whose "name" is the whole
+instruction and whose answer is the object the instruction moves (its target):
+
+    In: Where is the object to move to stack the red block on the blue block?\nOut: <x> <y> <dx> <dy></s>
+
+A colour question teaches which patch is red; this one teaches which of the instruction's colour
+words names the object to move, which is where the stack policy fails
+(benchmarks/results/eval_base_id.md: it lifts the wrong block first in 40 of 100 episodes).
+
 Object positions come from re-sampling the episode's task from its seed (pure numpy, the same draw
 `TabletopEnv.reset(seed=...)` makes) and are only valid while nothing has been touched: a frame is
 used when the hand has not yet come down below `UNTOUCHED_Z` in that demonstration.
@@ -31,7 +40,9 @@ UNTOUCHED_Z = 0.07
 """Frames from the start of a demo until the hand first drops below this height (m) are untouched."""
 
 QUERY_TEMPLATE = "In: Where is the {instruction}?\nOut:"
-"""Prompt of a grounding query; {instruction} is "<colour> <object>"."""
+"""Prompt of a grounding query; {instruction} is "<colour> <object>" or TASK_NAME."""
+TASK_NAME = "object to move to {instruction}"
+"""The "name" of a task query: the object an instruction moves."""
 
 # (low, high) of each answer value in metres; mapped linearly onto the action bins' [-1, 1].
 ANSWER_RANGES: tuple[tuple[float, float], ...] = ((-0.25, 0.30), (-0.30, 0.30), (-0.55, 0.55), (-0.55, 0.55))
@@ -54,13 +65,29 @@ def episode_objects(family: str, split: str, seed: int) -> tuple[str, dict[str, 
 
     Names that occur twice in one scene are left out (the question would have two answers).
     """
-    from gymnasium.utils import seeding
+    return _objects(_redraw(family, split, seed))
 
-    rng, _ = seeding.np_random(int(seed))
-    task = get_family(family).sample(rng, split)
+
+def episode_target(family: str, split: str, seed: int) -> tuple[float, float]:
+    """Start xy of the object the instruction of `reset(seed=seed)` moves."""
+    return _target_xy(_redraw(family, split, seed))
+
+
+def _objects(task) -> tuple[str, dict[str, tuple[float, float]]]:
     names = [f"{p.colour} {p.kind}" for p in task.placements]
     objects = {n: p.xy for n, p in zip(names, task.placements) if names.count(n) == 1}
     return task.instruction, objects
+
+
+def _target_xy(task) -> tuple[float, float]:
+    return next(p.xy for p in task.placements if p.slot == task.target)
+
+
+def _redraw(family: str, split: str, seed: int):
+    from gymnasium.utils import seeding
+
+    rng, _ = seeding.np_random(int(seed))
+    return get_family(family).sample(rng, split)
 
 
 def normalise_answer(values: np.ndarray) -> np.ndarray:
@@ -75,19 +102,25 @@ def untouched_frames(ee_pos: np.ndarray, z: float = UNTOUCHED_Z) -> int:
     return int(low[0]) if low.size else int(len(ee_pos))
 
 
-def demo_queries(family: str, split: str, seed: int, instruction: str, ee_pos: np.ndarray) -> list[Query]:
-    """Every (untouched frame, object) question of one demonstration.
+def demo_queries(family: str, split: str, seed: int, instruction: str, ee_pos: np.ndarray,
+                 task_queries: bool = False) -> list[Query]:
+    """Every (untouched frame, object) question of one demonstration; with `task_queries` also one
+    (untouched frame, TASK_NAME) question per frame, answered with the target's position.
 
     Returns [] when re-sampling the seed does not give the recorded instruction (a file written by
     another version of the task code): wrong answers would be worse than none.
     """
-    drawn, objects = episode_objects(family, split, seed)
+    task = _redraw(family, split, seed)
+    drawn, objects = _objects(task)
     if drawn != instruction:
         return []
+    asked = list(objects.items())
+    if task_queries:
+        asked.append((TASK_NAME.format(instruction=instruction), _target_xy(task)))
     out = []
     for t in range(untouched_frames(ee_pos)):
         hand = np.asarray(ee_pos[t][:2], dtype=np.float64)
-        for name, xy in objects.items():
+        for name, xy in asked:
             obj = np.asarray(xy, dtype=np.float64)
             out.append(Query(t, name, normalise_answer(np.concatenate([obj, obj - hand]))))
     return out

@@ -11,7 +11,8 @@ from rlrc_runtime.errors import ConfigError
 from rlrc_runtime.preprocess import ImageTransform
 from rlrc_runtime.prompt import PromptTokenizer
 from sim.data import DemoConfig, DemoReader, write_demos
-from sim.grounding import ANSWER_RANGES, demo_queries, episode_objects, normalise_answer, untouched_frames
+from sim.grounding import (ANSWER_RANGES, TASK_NAME, demo_queries, episode_objects, episode_target, normalise_answer,
+                           untouched_frames)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,51 @@ def test_queries_only_before_the_hand_comes_down(demos):
             assert all(np.all(np.abs(q.answer) <= 1) for q in qs)
             # A recording from other task code (instruction differs) yields no answers at all.
             assert demo_queries(family, split, seed, demo.instruction + " now", ee_pos) == []
+
+
+def test_task_queries_answer_the_object_the_instruction_moves(demos):
+    from sim import make_env
+
+    with DemoReader(demos) as reader:
+        for demo in reader.iter_demos():
+            family, split, seed, ee_pos = reader.episode_info(demo.key)
+            plain = demo_queries(family, split, seed, demo.instruction, ee_pos)
+            both = demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries=True)
+            task = [q for q in both if q.name == TASK_NAME.format(instruction=demo.instruction)]
+            assert len(task) == untouched_frames(ee_pos) and len(both) == len(plain) + len(task)
+            env = make_env(family=family, split=split, image_size=64)
+            try:
+                env.reset(seed=seed)
+                world = env.unwrapped
+                target = world.body_pos(world.task.target)[:2]
+                np.testing.assert_allclose(episode_target(family, split, seed), target, atol=1e-4)  # settled on reset
+                if family == "stack":  # the answer is the first-named block's, not the other one's
+                    colour = {p.slot: p.colour for p in world.task.placements}
+                    words = demo.instruction.split()
+                    assert words.index(colour[world.task.target]) < words.index(colour[world.task.goal])
+                    goal = world.body_pos(world.task.goal)[:2]
+                    assert np.linalg.norm(target - goal) > 0.02
+                hand = ee_pos[0][:2]
+                np.testing.assert_allclose(task[0].answer, normalise_answer(np.concatenate([target, target - hand])),
+                                           atol=1e-3)
+            finally:
+                env.close()
+
+
+def test_task_queries_need_a_grounding_share(demos, tmp_path):
+    from export.train import TrainConfig
+
+    write_tokenizer(tmp_path)
+    tok = PromptTokenizer.from_dir(tmp_path)
+    transform = ImageTransform.from_config(preset_config(PRESETS["tiny-128"], norm_stats={}))
+    plain = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True)
+    both = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, task_queries=True)
+    with DemoReader(demos) as reader:
+        frames = sum(untouched_frames(reader.episode_info(d.key)[3]) for d in reader.iter_demos())
+    assert len(both.query_image) == len(plain.query_image) + frames
+    assert len(both.query_prompts) == len(plain.query_prompts) + len(set(both.instructions))
+    with pytest.raises(ConfigError, match="--ground-frac"):
+        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_task=True)
 
 
 def test_answer_normalisation_spans_the_bins():
