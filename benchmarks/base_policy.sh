@@ -5,7 +5,8 @@
 #    the expert's);
 # 2. rlrc-train from scratch, preset base-128 (OpenVLA architecture at 128 px, ~9 M params), soft
 #    (HL-Gauss, sigma 2 bins) action-token targets, 2-D sine-cosine position-embedding init and
-#    20 % grounding queries ("Where is the red block?", sim/grounding.py) in every batch;
+#    20 % grounding queries in every batch: "Where is the red block?" and "Where is the object to move
+#    to <instruction>?" (--ground-task), answered from simulator state (sim/grounding.py);
 # 3. rlrc-eval, 100 episodes per family: id, ood (the four shifts mixed) and id_clutter (the id tasks
 #    among distractors, which needs colour binding: see benchmarks/results/grounding_bench.md).
 # Every stage is skipped when its output exists, and training resumes from its last state, so a run
@@ -32,7 +33,7 @@ if [ ! -f "$RUN/final/config.json" ]; then
   start=$(date +%s)
   $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/demos_id_dart_2000.hdf5" --out "$RUN" \
     --preset base-128 --steps 6400 --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
-    --pos-init sincos --ground-frac 0.2 --save-every 500 --log-every 50 --keep-checkpoints 3
+    --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3
   echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
 fi
 

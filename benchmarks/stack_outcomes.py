@@ -15,7 +15,7 @@ reset seeds) and puts every episode in one class:
     lifted target, failed place  everything else: the target was carried but not put down right
 
 "Rose" means the body's centre went LIFTED m above where it started. Reading of the numbers:
-benchmarks/results/eval_base_id.md.
+benchmarks/results/eval_base_attempt7_id.md and eval_base_id.md.
 """
 from __future__ import annotations
 

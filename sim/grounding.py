@@ -22,7 +22,7 @@ instruction and whose answer is the object the instruction moves (its target):
 
 A colour question teaches which patch is red; this one teaches which of the instruction's colour
 words names the object to move, which is where the stack policy fails
-(benchmarks/results/eval_base_id.md: it lifts the wrong block first in 40 of 100 episodes).
+(benchmarks/results/eval_base_attempt7_id.md: it lifts the wrong block first in 40 of 100 episodes).
 
 Object positions come from re-sampling the episode's task from its seed (pure numpy, the same draw
 `TabletopEnv.reset(seed=...)` makes) and are only valid while nothing has been touched: a frame is

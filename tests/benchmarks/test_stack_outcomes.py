@@ -1,0 +1,86 @@
+"""benchmarks/stack_outcomes.py: the episode classes, on real MuJoCo episodes and a real checkpoint."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    spec = importlib.util.spec_from_file_location("stack_outcomes", ROOT / "benchmarks" / "stack_outcomes.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["stack_outcomes"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@dataclass
+class _Result:
+    action: np.ndarray
+
+
+class ExpertPolicy:
+    """The scripted expert behind the Policy API's `infer` (it reads the simulator, not the image)."""
+
+    def __init__(self, env):
+        from sim.experts import make_expert
+
+        self.expert = make_expert(env)
+        self.started = False
+
+    def infer(self, image, instruction, unnorm_key):
+        if not self.started:
+            self.expert.reset()
+            self.started = True
+        return _Result(self.expert.act())
+
+
+class StillPolicy:
+    """Never moves, fingers open."""
+
+    def infer(self, image, instruction, unnorm_key):
+        return _Result(np.array([0, 0, 0, 0, 0, 0, 1], dtype=np.float32))
+
+
+def test_classes(outcomes):
+    assert outcomes.classify(True, "target", 0.05) == "success"
+    assert outcomes.classify(True, "goal", 0.05) == "success after wrong block"
+    assert outcomes.classify(False, "goal", 0.20) == "lifted goal first"
+    assert outcomes.classify(False, None, 0.0) == "never lifted target"
+    assert outcomes.classify(False, "target", outcomes.OVER_LIFT + 0.01) == "over-lift"
+    assert outcomes.classify(False, "target", 0.05) == "lifted target, failed place"
+
+
+@pytest.mark.parametrize("family", ["stack", "place"])
+def test_expert_episode_is_a_success_that_lifts_the_target_first(outcomes, family):
+    from sim import make_env
+
+    env = make_env(suite="tabletop", family=family, split="id", seed=100000, image_size=64)
+    try:
+        ep = outcomes.run_episode(ExpertPolicy(env), env, 100000)
+        assert ep["outcome"] == "success" and ep["first_lifted"] == "target"
+        assert outcomes.LIFTED < ep["target_max_rise_m"] < outcomes.OVER_LIFT
+        still = outcomes.run_episode(StillPolicy(), env, 100001)
+        assert still["outcome"] == "never lifted target" and not still["success"]
+        assert still["steps"] == env.unwrapped.config.episode_steps
+    finally:
+        env.close()
+
+
+def test_json_report_from_a_checkpoint(outcomes, ckpt_factory, tmp_path):
+    out = tmp_path / "outcomes.json"
+    ckpt = ckpt_factory("tiny-128")  # 64 patches per tower: an untrained episode runs to its time limit
+    assert outcomes.main(["--policy", str(ckpt), "--episodes", "1",
+                          "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["schema"] == "rlrc-place-outcomes/1" and report["family"] == "stack"
+    assert sum(report["counts"].values()) == len(report["episodes"]) == 1
+    assert report["episodes"][0]["outcome"] in report["counts"]
