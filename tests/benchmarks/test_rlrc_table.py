@@ -1,25 +1,16 @@
 """benchmarks/rlrc_table.py: stage markers, config checks, and (slow) the whole --quick experiment."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from rlrc_runtime.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def table():
-    spec = importlib.util.spec_from_file_location("rlrc_table", ROOT / "benchmarks" / "rlrc_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rlrc_table"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def table(load_script):
+    return load_script("rlrc_table")
 
 
 def test_finished_stages_are_skipped(table, tmp_path):

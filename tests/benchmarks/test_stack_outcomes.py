@@ -1,25 +1,16 @@
 """benchmarks/stack_outcomes.py: the episode classes, on real MuJoCo episodes and a real checkpoint."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def outcomes():
-    spec = importlib.util.spec_from_file_location("stack_outcomes", ROOT / "benchmarks" / "stack_outcomes.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["stack_outcomes"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def outcomes(load_script):
+    return load_script("stack_outcomes")
 
 
 @dataclass
