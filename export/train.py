@@ -71,6 +71,15 @@ class TrainConfig:
     ground_task: bool = field(default=False, metadata={"help": "with --ground-frac: also ask where the object the "
                                                     "instruction moves is ('where is the object to move to <instruction>?')"
                                                     ", which binds the instruction's words to its target"})
+    ground_start: float | None = field(default=None, metadata={"help": "grounding share of the first step; it moves "
+                                                               "linearly to --ground-frac over --ground-decay-steps (a "
+                                                               "binding curriculum: learn to find the named object first). "
+                                                               "Default: --ground-frac throughout"})
+    ground_decay_steps: int = field(default=0, metadata={"help": "steps over which the grounding share goes from "
+                                                         "--ground-start to --ground-frac"})
+    ground_pair_weight: float = field(default=1.0, metadata={"help": "sampling weight of grounding questions about "
+                                                             "scenes with two or more objects (where a colour or kind "
+                                                             "word must pick one), against 1 for one-object scenes"})
     label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
                                                       "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
     save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
@@ -89,6 +98,13 @@ class TrainConfig:
         if self.ground_task and self.ground_frac == 0:
             raise ConfigError("--ground-task adds questions to the grounding share of each batch; pass --ground-frac "
                               "too (e.g. 0.2)")
+        if self.ground_start is not None:
+            if not 0.0 <= self.ground_start < 1.0 or self.ground_frac == 0:
+                raise ConfigError(f"--ground-start={self.ground_start} must be in [0, 1) and needs --ground-frac > 0")
+            if self.ground_decay_steps < 1:
+                raise ConfigError("--ground-start needs --ground-decay-steps >= 1 (steps to reach --ground-frac)")
+        if self.ground_pair_weight <= 0:
+            raise ConfigError(f"--ground-pair-weight={self.ground_pair_weight} must be > 0 (1 = uniform)")
         if self.stop_after < 0:
             raise ConfigError(f"--stop-after={self.stop_after} must be >= 0")
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
@@ -129,6 +145,7 @@ class ActionDataset:
     query_prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [Q] into query_prompts
     query_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # [Q, 4]
     query_prompts: list[np.ndarray] = field(default_factory=list)
+    query_pair: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [Q] asked in a scene of >= 2 objects
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -164,7 +181,7 @@ def load_dataset(
     names: dict[str, int] = {}
     n_demos = 0
     offset = 0
-    q_image, q_prompt, q_answer, q_names = [], [], [], {}
+    q_image, q_prompt, q_answer, q_pair, q_names = [], [], [], [], {}
     for path in files:
         with DemoReader(path) as reader:
             key = dataset_key or reader.dataset_name
@@ -172,10 +189,13 @@ def load_dataset(
             for demo in reader.iter_demos():
                 n_demos += 1
                 if grounding:
-                    for q in _demo_queries(reader, demo, task_queries):
+                    queries = _demo_queries(reader, demo, task_queries)
+                    n_objects = len({q.name for q in queries}) - int(task_queries)
+                    for q in queries:
                         q_image.append(offset + q.frame)
                         q_prompt.append(q_names.setdefault(q.name, len(q_names)))
                         q_answer.append(q.answer)
+                        q_pair.append(n_objects >= 2)
                 offset += len(demo)
                 idx = names.setdefault(demo.instruction, len(names))
                 images.append(np.stack([transform.resize(im) for im in demo.images]))
@@ -211,6 +231,7 @@ def load_dataset(
         query_prompt=np.asarray(q_prompt, np.int64),
         query_tokens=action_tokenizer.encode(np.asarray(q_answer).reshape(-1, 4)).astype(np.int64),
         query_prompts=[query_tok(n) for n in q_names],
+        query_pair=np.asarray(q_pair, bool),
     )
 
 
@@ -335,6 +356,22 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def ground_share(step: int, cfg: TrainConfig) -> float:
+    """Fraction of the batch at ``step`` spent on grounding questions: --ground-start moving linearly to
+    --ground-frac over --ground-decay-steps, then --ground-frac."""
+    if cfg.ground_start is None:
+        return cfg.ground_frac
+    t = min(1.0, step / cfg.ground_decay_steps)
+    return cfg.ground_start + (cfg.ground_frac - cfg.ground_start) * t
+
+
+def query_weights(ds: ActionDataset, pair_weight: float) -> torch.Tensor | None:
+    """Sampling weights of the grounding questions (None = uniform)."""
+    if pair_weight == 1.0 or not len(ds.query_image):
+        return None
+    return torch.from_numpy(np.where(ds.query_pair, pair_weight, 1.0))
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -430,6 +467,7 @@ def train(cfg: TrainConfig) -> Path | None:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    q_weights = query_weights(ds, cfg.ground_pair_weight)
     step = 0
     if resume:
         state = torch.load(state_path, map_location=device, weights_only=False)
@@ -456,9 +494,12 @@ def train(cfg: TrainConfig) -> Path | None:
             opt.zero_grad(set_to_none=True)
             for micro in range(cfg.grad_accum):
                 gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, dist_info.rank)) % (2**63))
-                n_query = int(round(cfg.batch_size * cfg.ground_frac))
+                n_query = int(round(cfg.batch_size * ground_share(step, cfg)))
                 idx = torch.randint(0, len(ds), (cfg.batch_size - n_query,), generator=gen).numpy()
-                qidx = torch.randint(0, len(ds.query_image), (n_query,), generator=gen).numpy() if n_query else None
+                qidx = None
+                if n_query:
+                    qidx = (torch.randint(0, len(ds.query_image), (n_query,), generator=gen) if q_weights is None
+                            else torch.multinomial(q_weights, n_query, replacement=True, generator=gen)).numpy()
                 batch = make_batch(ds, idx, transform, config.num_patches, config.llm.pad_token_id or 0,
                                    config.llm.eos_token_id, gen, cfg.shift if cfg.augment else 0, qidx).to(device)
                 sync = micro == cfg.grad_accum - 1 or dist_info.world == 1
@@ -513,7 +554,9 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
         return
     saved = json.loads(saved_path.read_text())
     allowed = {"steps", "save_every", "log_every", "progress", "threads", "keep_checkpoints", "stop_after"}
-    diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in allowed and saved.get(k) != v}
+    defaults = asdict(TrainConfig(data="x", out=cfg.out))  # options newer than the saved run take their default
+    diff = {k: (saved.get(k, defaults[k]), v) for k, v in asdict(cfg).items()
+            if k not in allowed and saved.get(k, defaults[k]) != v}
     if diff:
         details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"{out} holds a run with other settings ({details}); use another --out or the same flags")

@@ -138,6 +138,14 @@ def test_resume_with_other_settings_is_refused(demos, tmp_path):
     train(_cfg(demos, tmp_path / "c", stop_after=1))
     with pytest.raises(ConfigError, match="lr: saved 0.001, now 0.002"):
         train(_cfg(demos, tmp_path / "c", lr=2e-3))
+    # A run saved before an option existed resumes when that option keeps its default.
+    saved = tmp_path / "c" / "train_config.json"
+    old = json.loads(saved.read_text())
+    del old["ground_pair_weight"]
+    saved.write_text(json.dumps(old))
+    assert train(_cfg(demos, tmp_path / "c", stop_after=1)) is None
+    with pytest.raises(ConfigError, match="ground_pair_weight: saved 1.0, now 2.0"):
+        train(_cfg(demos, tmp_path / "c", ground_pair_weight=2.0))
 
 
 def test_fine_tune_from_a_checkpoint(demos, tmp_path, ckpt_factory):

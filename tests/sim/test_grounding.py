@@ -143,3 +143,39 @@ def test_grounding_needs_our_demo_files(tmp_path):
     config = preset_config(PRESETS["tiny-128"], norm_stats={})
     with pytest.raises(ConfigError, match="ground-frac"):
         load_dataset([str(path)], ImageTransform.from_config(config), tok, ActionTokenizer(), "libero_x", grounding=True)
+
+
+def test_pair_scenes_are_flagged_and_weighted(demos, tmp_path):
+    from export.train import query_weights
+
+    write_tokenizer(tmp_path)
+    tok = PromptTokenizer.from_dir(tmp_path)
+    transform = ImageTransform.from_config(preset_config(PRESETS["tiny-128"], norm_stats={}))
+    ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, task_queries=True)
+    # The fixture holds pick (one object) and stack (two blocks) demos: exactly the stack questions are pair ones.
+    stack_rows = [i for i, name in enumerate(ds.instructions) if "pick" not in name]
+    frame_is_stack = np.isin(ds.instruction_index, stack_rows)
+    np.testing.assert_array_equal(ds.query_pair, frame_is_stack[ds.query_image])
+    assert ds.query_pair.any() and not ds.query_pair.all()
+    assert query_weights(ds, 1.0) is None
+    w = query_weights(ds, 4.0).numpy()
+    np.testing.assert_array_equal(w, np.where(ds.query_pair, 4.0, 1.0))
+    draws = torch.multinomial(torch.from_numpy(w), 4000, replacement=True, generator=torch.Generator().manual_seed(0))
+    share = ds.query_pair[draws.numpy()].mean()
+    expected = 4 * ds.query_pair.sum() / w.sum()
+    assert abs(share - expected) < 0.03
+
+
+def test_grounding_share_schedule(tmp_path):
+    from export.train import TrainConfig, ground_share
+
+    flat = TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2)
+    assert [ground_share(s, flat) for s in (0, 100, 10_000)] == [0.2, 0.2, 0.2]
+    cur = TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, ground_start=0.6, ground_decay_steps=100)
+    np.testing.assert_allclose([ground_share(s, cur) for s in (0, 50, 100, 5000)], [0.6, 0.4, 0.2, 0.2])
+    with pytest.raises(ConfigError, match="--ground-decay-steps"):
+        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, ground_start=0.6)
+    with pytest.raises(ConfigError, match="--ground-frac > 0"):
+        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_start=0.6, ground_decay_steps=10)
+    with pytest.raises(ConfigError, match="--ground-pair-weight"):
+        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_pair_weight=0)
