@@ -37,7 +37,7 @@ from rlrc_runtime.action import ActionTokenizer  # noqa: E402
 from rlrc_runtime.preprocess import ImageTransform  # noqa: E402
 from rlrc_runtime.prompt import PromptTokenizer  # noqa: E402
 from sim import make_env  # noqa: E402
-from sim.grounding import ANSWER_RANGES, QUERY_TEMPLATE, TASK_NAME  # noqa: E402
+from sim.grounding import QUERY_TEMPLATE, TASK_NAME, denormalise_answer  # noqa: E402
 
 QUESTIONS = ("task", "target", "other")
 
@@ -52,8 +52,6 @@ class Asker:
         self.transform = ImageTransform.from_config(config)
         self.tokenizer = dataclasses.replace(PromptTokenizer.from_dir(ckpt), template=QUERY_TEMPLATE)
         self.actions = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
-        self.lo = np.array([r[0] for r in ANSWER_RANGES[:2]])
-        self.hi = np.array([r[1] for r in ANSWER_RANGES[:2]])
 
     def __call__(self, image: np.ndarray, names: list[str]) -> np.ndarray:
         """[Q, 2] answers to "Where is the <name>?" for each name, about one image."""
@@ -62,8 +60,7 @@ class Asker:
             patches = self.model.embed_image(pixels)
             out = [self.model.generate(patches, torch.from_numpy(self.tokenizer(n))[None], 2)[0].numpy()
                    for n in names]
-        values = self.actions.decode(np.stack(out))  # [Q, 2] in [-1, 1]
-        return self.lo + (values + 1.0) / 2.0 * (self.hi - self.lo)
+        return denormalise_answer(self.actions.decode(np.stack(out)))  # [Q, 2]: table x, y
 
 
 def probe_episode(asker: Asker, env, seed: int) -> dict[str, dict[str, float]]:

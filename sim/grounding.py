@@ -96,6 +96,15 @@ def normalise_answer(values: np.ndarray) -> np.ndarray:
     return np.clip(2.0 * (np.asarray(values, dtype=np.float64) - lo) / (hi - lo) - 1.0, -1.0, 1.0)
 
 
+def denormalise_answer(values: np.ndarray) -> np.ndarray:
+    """Inverse of `normalise_answer` for the first values.shape[-1] answer values: [-1, 1] -> metres."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[-1]
+    lo = np.array([r[0] for r in ANSWER_RANGES[:n]])
+    hi = np.array([r[1] for r in ANSWER_RANGES[:n]])
+    return lo + (values + 1.0) / 2.0 * (hi - lo)
+
+
 def untouched_frames(ee_pos: np.ndarray, z: float = UNTOUCHED_Z) -> int:
     """How many leading frames precede the hand's first descent below `z` (objects still at rest)."""
     low = np.flatnonzero(np.asarray(ee_pos)[:, 2] < z)

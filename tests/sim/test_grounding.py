@@ -11,8 +11,8 @@ from rlrc_runtime.errors import ConfigError
 from rlrc_runtime.preprocess import ImageTransform
 from rlrc_runtime.prompt import PromptTokenizer
 from sim.data import DemoConfig, DemoReader, write_demos
-from sim.grounding import (ANSWER_RANGES, TASK_NAME, demo_queries, episode_objects, episode_target, normalise_answer,
-                           untouched_frames)
+from sim.grounding import (ANSWER_RANGES, TASK_NAME, demo_queries, denormalise_answer, episode_objects, episode_target,
+                           normalise_answer, untouched_frames)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,9 @@ def test_answer_normalisation_spans_the_bins():
     np.testing.assert_allclose(normalise_answer(lo), -1)
     np.testing.assert_allclose(normalise_answer(hi), 1)
     np.testing.assert_allclose(normalise_answer((lo + hi) / 2), 0, atol=1e-12)
+    values = np.array([0.1, -0.2, 0.3, -0.4])
+    np.testing.assert_allclose(denormalise_answer(normalise_answer(values)), values, atol=1e-12)
+    np.testing.assert_allclose(denormalise_answer(normalise_answer(values)[:2]), values[:2], atol=1e-12)
 
 
 def test_query_sequences_in_a_batch(demos, tmp_path):
