@@ -79,58 +79,19 @@ ds = ActionDataset(images=imgs, tokens=np.zeros((len(imgs), 7), np.int64), instr
 cut = int(0.85 * len(imgs)); tr = np.flatnonzero(ds.query_image < cut); te = np.flatnonzero(ds.query_image >= cut)
 te = te[np.random.default_rng(0).permutation(len(te))[:256]]
 lossf = ActionLoss(model, (31744, 32000), 2.0)
+from export.attn_sup import AttentionSupervision, colour_fractions
 from sim.tasks import COLOURS
-PAL = np.array(list(COLOURS.values()), np.float32)  # [6, 3]
-PALC = PAL / PAL.max(1, keepdims=True)
+PAL = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # [6, 3]
 def colour_targets(imgs_u8, patch):
-    x = imgs_u8.astype(np.float32) / 255.0  # [B, S, S, 3]
-    mx = x.max(-1, keepdims=True) + 1e-6; sat = (mx[..., 0] - x.min(-1)) / mx[..., 0]
-    chroma = x / mx
-    d = ((chroma[..., None, :] - PALC) ** 2).sum(-1)  # [B,S,S,6]
-    cls = d.argmin(-1); mask = (sat > 0.45) & (mx[..., 0] > 0.25)
-    onehot = np.zeros(d.shape, np.float32); np.put_along_axis(onehot, cls[..., None], 1.0, -1); onehot *= mask[..., None]
-    B, S = imgs_u8.shape[:2]; g = S // patch
-    return onehot.reshape(B, g, patch, g, patch, 6).mean((2, 4)).reshape(B, g * g, 6)
+    rgb = torch.from_numpy(imgs_u8).permute(0, 3, 1, 2).float() / 255.0
+    return colour_fractions(rgb, PAL, patch)
 aux_w = args.get("aux", 0.0)
 aux_head = torch.nn.Linear(cfg.llm.hidden_size, 6)
 
-# Attention supervision (training-only): one LLM head's attention from each colour word of the prompt is
-# pulled towards the patches showing that colour (CE against the per-patch colour fraction of the image
-# as fed). It teaches the first hop of binding, word -> patch, directly; inference is unchanged.
+# Attention supervision (training-only, export/attn_sup.py; rlrc-train --attn-sup): one LLM head's attention
+# from each colour word of the prompt is pulled towards the patches showing that colour.
 attn_w = args.get("attn_sup", 0.0)
-attn_mod = model.language_model.model.layers[args.get("attn_layer", 0)].self_attn
-attn_head = args.get("attn_head", 0)
-COLOUR_IDS = torch.tensor([int(tok.encode_fn(f"In: Where is the {c}")[-1]) for c in COLOURS])
-captured = {}
-attn_mod.register_forward_pre_hook(lambda mod, a: captured.update(x=a[0], cos=a[1], sin=a[2]))
-def attn_sup_loss(b):
-    from export.model import rotate_half
-    x, cos, sin = captured["x"], captured["cos"][0, 0], captured["sin"][0, 0]  # [B, T, H], [T, D]
-    P, D = cfg.num_patches, attn_mod.head_dim
-    is_col = torch.isin(b.input_ids, COLOUR_IDS)
-    rows, cols = is_col.nonzero(as_tuple=True)
-    if rows.numel() == 0:
-        return x.sum() * 0
-    pos = P + cols  # multimodal position of text token j >= 1
-    q = attn_mod.q_proj(x[rows, pos]).view(-1, attn_mod.num_heads, D)[:, attn_head]  # [M, D]
-    q = q * cos[pos] + rotate_half(q) * sin[pos]
-    kv = attn_head // (attn_mod.num_heads // attn_mod.num_kv_heads)
-    k = attn_mod.k_proj(x[rows]).view(len(rows), x.shape[1], attn_mod.num_kv_heads, D)[:, :, kv]  # [M, T, D]
-    k = k * cos + rotate_half(k) * sin
-    logits = (k @ q[:, :, None])[..., 0] / D ** 0.5  # [M, T]
-    keys = torch.arange(x.shape[1])
-    logits = logits.masked_fill(keys[None] > pos[:, None], float("-inf"))
-    logp = torch.log_softmax(logits, -1)[:, 1 : P + 1]  # over the patch positions
-    m = torch.tensor(tf.means[0])[None, :, None, None]; sd = torch.tensor(tf.stds[0])[None, :, None, None]
-    rgb = ((b.pixel_values[:, :3] * sd + m).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    frac = torch.from_numpy(colour_targets(rgb, cfg.towers[0].patch_size))  # [B, P, 6]
-    colour = (b.input_ids[rows, cols][:, None] == COLOUR_IDS[None]).float().argmax(-1)  # [M]
-    t = frac[rows, :, colour]  # [M, P]
-    ok = t.sum(-1) > 0
-    if not ok.any():
-        return x.sum() * 0
-    t = t[ok] / t[ok].sum(-1, keepdim=True)
-    return -(t * logp[ok]).sum(-1).mean()
+sup_term = AttentionSupervision(model, tf, tok, args.get("attn_layer", 0), args.get("attn_head", 0)) if attn_w else None
 
 opt = torch.optim.AdamW(param_groups(model, 0.01) + [{"params": list(aux_head.parameters()), "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
 lo = np.array([r[0] for r in ANSWER_RANGES]); hi = np.array([r[1] for r in ANSWER_RANGES])
@@ -156,13 +117,13 @@ for step in range(1, steps + 1):
     if aux_w:
         # same (unshifted) images: the batch shift is applied inside make_batch, so recompute on the raw rows
         raw = ds.images[ds.query_image[q]]
-        tgt = torch.from_numpy(colour_targets(raw, cfg.towers[0].patch_size))
+        tgt = colour_targets(raw, cfg.towers[0].patch_size)
         px = torch.from_numpy(np.concatenate([tf(im) for im in raw]))
         pred = aux_head(model.embed_image(px))
         aux = ((torch.sigmoid(pred) - tgt) ** 2).mean() * 100
         loss = loss + aux_w * aux
     if attn_w:
-        sup = attn_sup_loss(b)
+        sup = sup_term(b.pixel_values, b.input_ids)
         loss = loss + attn_w * sup
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     for g in opt.param_groups: g["lr"] = lr * min(1, step / 50)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.attn_sup import AttentionSupervision
 from export.checkpoint import copy_tokenizer, load_model, save_checkpoint
 from export.model import OpenVLA, init_weights
 from export.tiny import get_preset, preset_config
@@ -80,6 +81,12 @@ class TrainConfig:
     ground_pair_weight: float = field(default=1.0, metadata={"help": "sampling weight of grounding questions about "
                                                              "scenes with two or more objects (where a colour or kind "
                                                              "word must pick one), against 1 for one-object scenes"})
+    attn_sup: float = field(default=0.0, metadata={"help": "weight of attention supervision: one decoder head's "
+                                                 "attention from each colour word of a prompt is pulled towards "
+                                                 "the patches of that colour (export/attn_sup.py; training only). "
+                                                 "0 = off"})
+    attn_sup_layer: int = field(default=0, metadata={"help": "decoder layer of the supervised head"})
+    attn_sup_head: int = field(default=0, metadata={"help": "supervised head within --attn-sup-layer"})
     label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
                                                       "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
     save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
@@ -105,6 +112,9 @@ class TrainConfig:
                 raise ConfigError("--ground-start needs --ground-decay-steps >= 1 (steps to reach --ground-frac)")
         if self.ground_pair_weight <= 0:
             raise ConfigError(f"--ground-pair-weight={self.ground_pair_weight} must be > 0 (1 = uniform)")
+        if self.attn_sup < 0 or self.attn_sup_layer < 0 or self.attn_sup_head < 0:
+            raise ConfigError(f"--attn-sup={self.attn_sup}, --attn-sup-layer={self.attn_sup_layer} and "
+                              f"--attn-sup-head={self.attn_sup_head} must be >= 0 (--attn-sup 0 = off)")
         if self.stop_after < 0:
             raise ConfigError(f"--stop-after={self.stop_after} must be >= 0")
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
@@ -312,11 +322,14 @@ class ActionLoss(nn.Module):
     tokens) and makes a small model learn the bin geometry far faster. EOS stays one-hot.
     """
 
-    def __init__(self, model: OpenVLA, action_ids: tuple[int, int] | None = None, label_sigma: float = 0.0) -> None:
+    def __init__(self, model: OpenVLA, action_ids: tuple[int, int] | None = None, label_sigma: float = 0.0,
+                 attn_sup: AttentionSupervision | None = None, attn_sup_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.label_sigma = float(label_sigma)
         self.action_ids = action_ids  # (first action token id, one past the last)
+        self.attn_sup = attn_sup  # optional training-only term (export/attn_sup.py), weighted by attn_sup_weight
+        self.attn_sup_weight = float(attn_sup_weight)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hidden = self.model.hidden_states(batch.pixel_values, batch.input_ids)  # [B, P + T, H]
@@ -341,7 +354,12 @@ class ActionLoss(nn.Module):
             acc = (pred[act] == batch.labels[act]).float().mean()
             # Bin distance of predicted vs target action tokens (non-action predictions count as 255).
             dist = (pred[act] - batch.labels[act]).abs().clamp(max=255).float().mean()
-        return loss, {"metrics/action_accuracy": acc, "metrics/token_bin_error": dist}
+        stats = {"losses/action_ce": loss.detach(), "metrics/action_accuracy": acc, "metrics/token_bin_error": dist}
+        if self.attn_sup is not None:
+            sup = self.attn_sup(batch.pixel_values, batch.input_ids)
+            stats["losses/attn_sup"] = sup.detach()
+            loss = loss + self.attn_sup_weight * sup
+        return loss, stats
 
 
 # --------------------------------------------------------------------------- training loop
@@ -462,7 +480,10 @@ def train(cfg: TrainConfig) -> Path | None:
 
     model.to(device).train()
     model.freeze_unused()
-    loss_fn: nn.Module = ActionLoss(model, (action_tok.first_action_token, action_tok.vocab_size), cfg.label_sigma)
+    attn_sup = (AttentionSupervision(model, transform, tokenizer, cfg.attn_sup_layer, cfg.attn_sup_head).to(device)
+                if cfg.attn_sup > 0 else None)
+    loss_fn: nn.Module = ActionLoss(model, (action_tok.first_action_token, action_tok.vocab_size), cfg.label_sigma,
+                                    attn_sup, cfg.attn_sup)
     if dist_info.world > 1:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
@@ -507,7 +528,6 @@ def train(cfg: TrainConfig) -> Path | None:
                 with ctx, autocast:
                     loss, stats = loss_fn(batch)
                     (loss / cfg.grad_accum).backward()
-                window.setdefault("losses/action_ce", []).append(float(loss.detach()))
                 for k, v in stats.items():
                     window.setdefault(k, []).append(float(v))
                 samples_since += cfg.batch_size * dist_info.world

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -141,6 +141,33 @@ def _job(args: tuple[str, int, bool]) -> tuple[EpisodeResult, list[np.ndarray]]:
     return run_episode(*args)
 
 
+def parallel_map(fn: Callable[[Any], Any], jobs: list[Any], workers: int, initializer: Callable[..., None],
+                 initargs: tuple[Any, ...]) -> Iterator[Any]:
+    """``fn`` over ``jobs`` in ``workers`` spawned processes, results in job order.
+
+    A worker that dies (killed, out of memory, a crash inside MuJoCo or EGL) or an initializer that
+    fails ends the evaluation with an error that says so, instead of waiting forever for the lost
+    episode (what ``multiprocessing.Pool`` does). An exception raised by ``fn`` comes through as is.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    done = 0
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
+                             initargs=initargs) as pool:
+        try:
+            for out in pool.map(fn, jobs):
+                done += 1
+                yield out
+        except BrokenProcessPool as exc:
+            raise RuntimeError(f"an evaluation worker process died after {done} of {len(jobs)} episodes (killed, "
+                               "out of memory, or a crash while loading the policy or inside MuJoCo/EGL); rerun "
+                               "with --workers 1 to see the failure in this process") from exc
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation and return the report dict (also written to --json/--plot/--video-dir)."""
     from sim import list_families
@@ -161,12 +188,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         _init_worker(cfg, threads=0)
         outputs = map(_job, jobs)
     else:
-        import multiprocessing as mp
-
         cores = os.cpu_count() or 1
-        pool = mp.get_context("spawn").Pool(cfg.workers, initializer=_init_worker,
-                                             initargs=(cfg, max(1, cores // cfg.workers)))
-        outputs = pool.imap(_job, jobs)
+        outputs = parallel_map(_job, jobs, cfg.workers, _init_worker, (cfg, max(1, cores // cfg.workers)))
     try:
         for res, frames in outputs:
             results.append(res)
@@ -177,10 +200,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             bar.set_postfix(success=f"{np.mean(done):.2f}")
     finally:
         bar.close()
-        if cfg.workers > 1:
-            pool.close()
-            pool.join()
-        else:
+        if cfg.workers == 1:
             _close_worker()
     report = build_report(cfg, families, results, time.perf_counter() - start)
     if cfg.json:

@@ -31,6 +31,10 @@ def test_eval_report_schema_and_determinism(tiny_ckpt, tmp_path):
     again = evaluate(EvalConfig(policy=str(tiny_ckpt), families="pick", episodes=2, progress=False, image_size=64))
     assert again["families"]["pick"]["mean_episode_length"] == report["families"]["pick"]["mean_episode_length"]
     assert again["families"]["pick"]["successes"] == report["families"]["pick"]["successes"]
+    # Two spawned worker processes score the same episodes the same way.
+    split = evaluate(EvalConfig(policy=str(tiny_ckpt), families="pick", episodes=2, progress=False, image_size=64,
+                                workers=2))
+    assert split["families"]["pick"]["mean_episode_length"] == report["families"]["pick"]["mean_episode_length"]
 
 
 def test_plot_with_zero_and_full_success(tmp_path):
@@ -41,3 +45,21 @@ def test_plot_with_zero_and_full_success(tmp_path):
         fams[name] = {"success_rate": k / 100, "ci95": list(wilson_interval(k, 100))}
     plot_report({"families": fams, "policy": "p", "split": "id", "episodes_per_family": 100}, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_parallel_map_keeps_order_and_reports_a_dead_worker():
+    """Workers are real spawned processes: a worker that dies or cannot start ends the map with an error
+    (multiprocessing.Pool would wait forever for the lost episode)."""
+    import os
+
+    from sim.evaluate import parallel_map
+
+    assert list(parallel_map(abs, [-1, -2, 3, -4], 2, os.getpid, ())) == [1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match="worker process died after 0 of 1 episodes.*--workers 1"):
+        list(parallel_map(os._exit, [3], 2, os.getpid, ()))
+    with pytest.raises(RuntimeError, match="worker process died"):
+        list(parallel_map(abs, [1, 2], 2, os.chdir, ("/nonexistent/rlrc",)))
+    with pytest.raises(ValueError, match="math domain error"):  # an error inside a job comes through as is
+        import math
+
+        list(parallel_map(math.sqrt, [4.0, -1.0], 2, os.getpid, ()))
