@@ -12,7 +12,8 @@
 # Every stage is skipped when its output exists, and training resumes from its last state, so a run
 # cut off by a restart continues where it stopped. Wall times (demos, training) go to
 # OUT/wall_time.txt. Results: OUT/eval_*.json/.png, copied to benchmarks/results/eval_base_*.json/.png.
-# SPLITS="id" evaluates only the id split (what the reproduction check needs).
+# SPLITS="id" evaluates only the id split (what the reproduction check needs); TRAIN_EXTRA="--attn-sup 1.0"
+# adds rlrc-train options to the recipe (how the attempts in docs/training.md differ from it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -33,7 +34,7 @@ if [ ! -f "$RUN/final/config.json" ]; then
   start=$(date +%s)
   $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/demos_id_dart_2000.hdf5" --out "$RUN" \
     --preset base-128 --steps 6400 --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
-    --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3
+    --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3 ${TRAIN_EXTRA:-}
   echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
 fi
 

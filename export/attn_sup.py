@@ -66,28 +66,28 @@ def colour_word_ids(tokenizer: PromptTokenizer, colours: Mapping[str, Any]) -> t
     return torch.tensor(ids, dtype=torch.int64)
 
 
-class AttentionSupervision(nn.Module):
-    """``loss = sup(batch)`` after the model's forward on ``batch``: the attention-supervision term.
+class _LayerProbe(nn.Module):
+    """Captures one decoder layer's input during the forward pass and recomputes chosen heads' attention
+    from it, plus the per-patch colour targets; the two supervision terms below are built on it.
 
-    The hook keeps a reference to the layer input of the most recent full-sequence forward pass;
-    call this right after that forward (``ActionLoss`` does) and before the next one.
+    The hook keeps a reference to the layer input of the most recent full-sequence forward pass; call a
+    term right after that forward (``ActionLoss`` does) and before the next one.
     """
 
-    def __init__(self, model: OpenVLA, transform: ImageTransform, tokenizer: PromptTokenizer, layer: int = 0,
-                 head: int = 0, colours: Mapping[str, tuple[float, float, float]] = COLOURS) -> None:
+    def __init__(self, model: OpenVLA, transform: ImageTransform, layer: int, heads: tuple[int, ...],
+                 colours: Mapping[str, tuple[float, float, float]], flag: str) -> None:
         super().__init__()
         llm = model.config.llm
         if not 0 <= layer < llm.num_layers:
-            raise ConfigError(f"--attn-sup-layer={layer} is not a decoder layer (the model has {llm.num_layers})")
-        heads = llm.num_attention_heads[layer]
-        if not 0 <= head < heads:
-            raise ConfigError(f"--attn-sup-head={head} is not a head of layer {layer} (it has {heads})")
+            raise ConfigError(f"{flag}-layer={layer} is not a decoder layer (the model has {llm.num_layers})")
+        n_heads = llm.num_attention_heads[layer]
+        for head in heads:
+            if not 0 <= head < n_heads:
+                raise ConfigError(f"{flag}-head={head} is not a head of layer {layer} (it has {n_heads})")
         self.attn = model.language_model.model.layers[layer].self_attn
-        self.head = head
-        self.kv_head = head // (heads // self.attn.num_kv_heads)  # as the forward's repeat_interleave
+        self.group = n_heads // self.attn.num_kv_heads  # query heads per key/value head (the forward's repeat)
         self.num_patches = model.config.num_patches
         self.patch = model.config.towers[0].patch_size
-        self.register_buffer("word_ids", colour_word_ids(tokenizer, colours), persistent=False)
         self.register_buffer("palette", torch.tensor(list(colours.values()), dtype=torch.float32), persistent=False)
         self.register_buffer("mean", torch.tensor(transform.means[0], dtype=torch.float32)[:, None, None],
                              persistent=False)
@@ -104,39 +104,100 @@ class AttentionSupervision(nn.Module):
     def remove(self) -> None:
         self._hook.remove()
 
-    def word_attention(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-attention of the supervised head from every colour word over all positions.
+    def attention(self, rows: torch.Tensor, pos: torch.Tensor, head: int) -> torch.Tensor:
+        """Log-attention of ``head`` from sequence position pos[m] of batch row rows[m] over all positions.
 
-        -> (rows [M], text columns [M], log-probabilities [M, P + T]) for the M colour words of the
-        batch; positions after a word are masked (-inf), as in the causal forward.
+        -> [M, P + T]; positions after pos[m] are masked (-inf), as in the causal forward.
         """
         if "x" not in self._seen:
-            raise RuntimeError("AttentionSupervision needs the model's forward pass on the batch first")
+            raise RuntimeError(f"{type(self).__name__} needs the model's forward pass on the batch first")
         x, cos, sin = self._seen["x"], self._seen["cos"], self._seen["sin"]  # [B, L, H], [L, D]
-        rows, cols = torch.isin(input_ids, self.word_ids).nonzero(as_tuple=True)
-        pos = self.num_patches + cols  # sequence [BOS, patches, text[1:]]: text j >= 1 sits at P + j
         d = self.attn.head_dim
-        heads, kv_heads = self.attn.num_heads, self.attn.num_kv_heads
-        q = self.attn.q_proj(x[rows, pos]).view(len(rows), heads, d)[:, self.head]  # [M, D]
+        kv = head // self.group
+        # Only this head's rows of the projections, and keys once per prompt (not per query).
+        q = F.linear(x[rows, pos], self.attn.q_proj.weight[head * d : (head + 1) * d])  # [M, D]
         q = q * cos[pos] + rotate_half(q) * sin[pos]
-        k = self.attn.k_proj(x[rows]).view(len(rows), x.shape[1], kv_heads, d)[:, :, self.kv_head]  # [M, L, D]
-        k = k * cos + rotate_half(k) * sin
+        prompts, which = rows.unique(return_inverse=True)
+        k = F.linear(x[prompts], self.attn.k_proj.weight[kv * d : (kv + 1) * d])  # [U, L, D]
+        k = (k * cos + rotate_half(k) * sin)[which]  # [M, L, D]
         logits = (k @ q[:, :, None])[..., 0].float() / d**0.5  # [M, L]
         later = torch.arange(x.shape[1], device=x.device)[None] > pos[:, None]
-        return rows, cols, torch.log_softmax(logits.masked_fill(later, float("-inf")), dim=-1)
+        return torch.log_softmax(logits.masked_fill(later, float("-inf")), dim=-1)
+
+    def colour_targets(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, P, C] share of each patch's pixels of each palette colour, in the images as fed."""
+        rgb = (pixel_values[:, :3].float() * self.std + self.mean).clamp(0, 1)
+        return colour_fractions(rgb, self.palette, self.patch)
+
+    def patch_cross_entropy(self, logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Mean CE between target [M, P] (normalised here) and logp's patch columns; None when no row has
+        any pixel of its colour (a colour not in view teaches nothing)."""
+        visible = target.sum(-1) > 0
+        if not visible.any():
+            return None
+        target = target[visible] / target[visible].sum(-1, keepdim=True)
+        return -(target * logp[visible, 1 : self.num_patches + 1]).sum(-1).mean()
+
+    def zero(self) -> torch.Tensor:
+        return self._seen["x"].sum() * 0.0  # a zero loss that keeps the graph (and DDP) whole
+
+
+class AttentionSupervision(_LayerProbe):
+    """``loss = sup(pixel_values, input_ids)`` after the model's forward on the batch: every colour word's
+    attention (one head of one layer) pulled towards the patches of its colour (``--attn-sup``)."""
+
+    def __init__(self, model: OpenVLA, transform: ImageTransform, tokenizer: PromptTokenizer, layer: int = 0,
+                 head: int = 0, colours: Mapping[str, tuple[float, float, float]] = COLOURS) -> None:
+        super().__init__(model, transform, layer, (head,), colours, "--attn-sup")
+        self.head = head
+        self.register_buffer("word_ids", colour_word_ids(tokenizer, colours), persistent=False)
+
+    def word_attention(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows [M], text columns [M], log-attention [M, P + T]) of the supervised head from the M colour
+        words of the batch."""
+        rows, cols = torch.isin(input_ids, self.word_ids).nonzero(as_tuple=True)
+        pos = self.num_patches + cols  # sequence [BOS, patches, text[1:]]: text j >= 1 sits at P + j
+        return rows, cols, self.attention(rows, pos, self.head)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         rows, cols, logp = self.word_attention(input_ids)
-        zero = self._seen["x"].sum() * 0.0  # a zero loss that keeps the graph (and DDP) whole
         if len(rows) == 0:
-            return zero  # no colour word in this batch
-        rgb = (pixel_values[:, :3].float() * self.std + self.mean).clamp(0, 1)
-        frac = colour_fractions(rgb, self.palette, self.patch)  # [B, P, C]
+            return self.zero()  # no colour word in this batch
         colour = (input_ids[rows, cols][:, None] == self.word_ids[None]).float().argmax(-1)  # [M]
-        target = frac[rows, :, colour]  # [M, P]
-        visible = target.sum(-1) > 0  # a colour not in view teaches nothing
-        if not visible.any():
-            return zero
-        target = target[visible] / target[visible].sum(-1, keepdim=True)
-        patch_logp = logp[visible, 1 : self.num_patches + 1]
-        return -(target * patch_logp).sum(-1).mean()
+        loss = self.patch_cross_entropy(logp, self.colour_targets(pixel_values)[rows, :, colour])
+        return self.zero() if loss is None else loss
+
+
+class RoleSupervision(_LayerProbe):
+    """``loss = sup(pixel_values, query_pos, roles)`` after the model's forward on the batch (``--attn-role``).
+
+    The second hop of binding: at the position that predicts the first action token, one head is pulled
+    towards the patches of the object the instruction moves and another towards its goal object (the
+    plate or block it goes on). roles [B, 2] holds those colours as palette indices, -1 where the sample
+    has no such role (grounding questions, pick and push goals, a colour two objects share); query_pos [B]
+    is each row's position predicting its first target token.
+    """
+
+    def __init__(self, model: OpenVLA, transform: ImageTransform, layer: int = 1,
+                 heads: tuple[int, int] | None = None,
+                 colours: Mapping[str, tuple[float, float, float]] = COLOURS) -> None:
+        n_heads = model.config.llm.num_attention_heads[layer] if 0 <= layer < model.config.llm.num_layers else 1
+        # Default: the target on head 0 and the goal on the first head of the other key/value group, so
+        # the two searches may use different keys.
+        heads = heads if heads is not None else (0, n_heads // 2 if n_heads > 1 else 0)
+        super().__init__(model, transform, layer, heads, colours, "--attn-role")
+        self.heads = heads
+
+    def forward(self, pixel_values: torch.Tensor, query_pos: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
+        frac = None
+        total, count = self.zero(), 0
+        for role, head in enumerate(self.heads):
+            rows = (roles[:, role] >= 0).nonzero(as_tuple=True)[0]
+            if len(rows) == 0:
+                continue
+            frac = self.colour_targets(pixel_values) if frac is None else frac
+            loss = self.patch_cross_entropy(self.attention(rows, query_pos[rows], head),
+                                            frac[rows, :, roles[rows, role]])
+            if loss is not None:
+                total, count = total + loss, count + 1
+        return total / max(count, 1)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.attn_sup import AttentionSupervision
+from export.attn_sup import AttentionSupervision, RoleSupervision
 from export.checkpoint import copy_tokenizer, load_model, save_checkpoint
 from export.model import OpenVLA, init_weights
 from export.tiny import get_preset, preset_config
@@ -87,6 +87,12 @@ class TrainConfig:
                                                  "0 = off"})
     attn_sup_layer: int = field(default=0, metadata={"help": "decoder layer of the supervised head"})
     attn_sup_head: int = field(default=0, metadata={"help": "supervised head within --attn-sup-layer"})
+    attn_role: float = field(default=0.0, metadata={"help": "weight of role attention supervision: at the position "
+                                                  "that predicts the first action token, head 0 of --attn-role-layer "
+                                                  "is pulled towards the patches of the object the instruction moves "
+                                                  "and the first head of the other key/value group towards its goal "
+                                                  "object (export/attn_sup.py; training only; our demo files). 0 = off"})
+    attn_role_layer: int = field(default=1, metadata={"help": "decoder layer of the two --attn-role heads"})
     label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
                                                       "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
     save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
@@ -112,6 +118,9 @@ class TrainConfig:
                 raise ConfigError("--ground-start needs --ground-decay-steps >= 1 (steps to reach --ground-frac)")
         if self.ground_pair_weight <= 0:
             raise ConfigError(f"--ground-pair-weight={self.ground_pair_weight} must be > 0 (1 = uniform)")
+        if self.attn_role < 0 or self.attn_role_layer < 0:
+            raise ConfigError(f"--attn-role={self.attn_role} and --attn-role-layer={self.attn_role_layer} must be >= 0 "
+                              "(--attn-role 0 = off)")
         if self.attn_sup < 0 or self.attn_sup_layer < 0 or self.attn_sup_head < 0:
             raise ConfigError(f"--attn-sup={self.attn_sup}, --attn-sup-layer={self.attn_sup_layer} and "
                               f"--attn-sup-head={self.attn_sup_head} must be >= 0 (--attn-sup 0 = off)")
@@ -156,6 +165,9 @@ class ActionDataset:
     query_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # [Q, 4]
     query_prompts: list[np.ndarray] = field(default_factory=list)
     query_pair: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [Q] asked in a scene of >= 2 objects
+    # Colours (palette indices of sim.tasks.COLOURS) of each step's target and goal object, -1 = none or
+    # unknown; filled when requested (--attn-role), else empty.
+    step_roles: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # [N, 2]
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -178,11 +190,13 @@ def load_dataset(
     norm_stats: dict[str, Any] | None = None,
     grounding: bool = False,
     task_queries: bool = False,
+    roles: bool = False,
 ) -> ActionDataset:
     """Read demos, compute (or reuse) norm_stats, and tokenize actions and instructions.
 
     With ``grounding`` the grounding queries of every demo of ours are built too (sim.grounding),
-    with ``task_queries`` including "where is the object to move to <instruction>?".
+    with ``task_queries`` including "where is the object to move to <instruction>?". With ``roles`` the
+    colours of each step's target and goal objects are looked up too (``step_roles``, for --attn-role).
     """
     from sim.data import DemoReader, norm_stats_from_arrays
     from sim.grounding import QUERY_TEMPLATE
@@ -192,6 +206,7 @@ def load_dataset(
     n_demos = 0
     offset = 0
     q_image, q_prompt, q_answer, q_pair, q_names = [], [], [], [], {}
+    step_roles: list[np.ndarray] = []
     for path in files:
         with DemoReader(path) as reader:
             key = dataset_key or reader.dataset_name
@@ -206,6 +221,8 @@ def load_dataset(
                         q_prompt.append(q_names.setdefault(q.name, len(q_names)))
                         q_answer.append(q.answer)
                         q_pair.append(n_objects >= 2)
+                if roles:
+                    step_roles.append(np.tile(_demo_roles(reader, demo), (len(demo), 1)))
                 offset += len(demo)
                 idx = names.setdefault(demo.instruction, len(names))
                 images.append(np.stack([transform.resize(im) for im in demo.images]))
@@ -228,6 +245,9 @@ def load_dataset(
     if grounding and not q_image:
         raise ConfigError(f"--ground-frac needs demo files written by `rlrc-sim demos` (episode seeds and hand "
                           f"positions); {files} gave no grounding queries. Use --ground-frac 0 for other data")
+    if roles and not (np.concatenate(step_roles) >= 0).any():
+        raise ConfigError(f"--attn-role needs demo files written by `rlrc-sim demos` (episode seeds); {files} "
+                          "gave no step with a known target colour. Use --attn-role 0 for other data")
     query_tok = dataclasses.replace(tokenizer, template=QUERY_TEMPLATE)
     return ActionDataset(
         images=np.concatenate(images),
@@ -242,6 +262,7 @@ def load_dataset(
         query_tokens=action_tokenizer.encode(np.asarray(q_answer).reshape(-1, 4)).astype(np.int64),
         query_prompts=[query_tok(n) for n in q_names],
         query_pair=np.asarray(q_pair, bool),
+        step_roles=np.concatenate(step_roles) if roles else np.zeros((0, 2), np.int64),
     )
 
 
@@ -255,6 +276,20 @@ def _demo_queries(reader: Any, demo: Any, task_queries: bool) -> list[Any]:
     return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries)
 
 
+def _demo_roles(reader: Any, demo: Any) -> np.ndarray:
+    """[2] palette indices of the demo's target and goal colours (-1 = none, ambiguous or unknown)."""
+    from sim.grounding import episode_roles
+    from sim.tasks import COLOURS
+
+    info = reader.episode_info(demo.key)
+    if info is None:
+        return np.full(2, -1, np.int64)
+    family, split, seed, _ = info
+    palette = list(COLOURS)
+    return np.asarray([palette.index(c) if c is not None else -1
+                       for c in episode_roles(family, split, seed, demo.instruction)], np.int64)
+
+
 @dataclass
 class Batch:
     pixel_values: torch.Tensor  # [B, 3 * n_towers, S, S] float32
@@ -263,10 +298,11 @@ class Batch:
     label_pos: torch.Tensor  # [M] multimodal position whose output predicts it
     labels: torch.Tensor  # [M] target ids
     is_action: torch.Tensor  # [M] bool, False for EOS
+    query_pos: torch.Tensor  # [B] position whose output predicts the row's first target token
+    roles: torch.Tensor  # [B, 2] target / goal colour of the row (ActionDataset.step_roles), -1 = none
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.pixel_values, self.input_ids, self.label_rows,
-                                               self.label_pos, self.labels, self.is_action)))
+        return Batch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
 def make_batch(ds: ActionDataset, idx: np.ndarray, transform: ImageTransform, num_patches: int, pad_id: int,
@@ -287,17 +323,21 @@ def make_batch(ds: ActionDataset, idx: np.ndarray, transform: ImageTransform, nu
     seqs = [(np.concatenate([prompt, target, [eos_id]]), len(target)) for _, prompt, target in samples]
     width = max(len(s) for s, _ in seqs)
     ids = np.full((len(seqs), width), pad_id, np.int64)
-    rows, pos, labels, is_action = [], [], [], []
+    rows, pos, labels, is_action, query_pos = [], [], [], [], []
     for b, (s, d) in enumerate(seqs):
         ids[b, : len(s)] = s
         first = len(s) - d - 1  # text index of the first target token
+        query_pos.append(num_patches + first - 1)
         for j in range(first, len(s)):
             rows.append(b)
             pos.append(num_patches + j - 1)
             labels.append(s[j])
             is_action.append(j < len(s) - 1)
+    roles = np.full((len(samples), 2), -1, np.int64)  # grounding questions have no roles
+    if len(ds.step_roles):
+        roles[: len(idx)] = ds.step_roles[np.asarray(idx, np.int64)]
     return Batch(torch.cat(planes, dim=1), torch.from_numpy(ids), torch.tensor(rows), torch.tensor(pos),
-                 torch.tensor(labels), torch.tensor(is_action))
+                 torch.tensor(labels), torch.tensor(is_action), torch.tensor(query_pos), torch.from_numpy(roles))
 
 
 def random_shift(imgs: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -323,13 +363,16 @@ class ActionLoss(nn.Module):
     """
 
     def __init__(self, model: OpenVLA, action_ids: tuple[int, int] | None = None, label_sigma: float = 0.0,
-                 attn_sup: AttentionSupervision | None = None, attn_sup_weight: float = 0.0) -> None:
+                 attn_sup: AttentionSupervision | None = None, attn_sup_weight: float = 0.0,
+                 attn_role: RoleSupervision | None = None, attn_role_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.label_sigma = float(label_sigma)
         self.action_ids = action_ids  # (first action token id, one past the last)
         self.attn_sup = attn_sup  # optional training-only term (export/attn_sup.py), weighted by attn_sup_weight
         self.attn_sup_weight = float(attn_sup_weight)
+        self.attn_role = attn_role  # likewise (--attn-role)
+        self.attn_role_weight = float(attn_role_weight)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hidden = self.model.hidden_states(batch.pixel_values, batch.input_ids)  # [B, P + T, H]
@@ -359,6 +402,10 @@ class ActionLoss(nn.Module):
             sup = self.attn_sup(batch.pixel_values, batch.input_ids)
             stats["losses/attn_sup"] = sup.detach()
             loss = loss + self.attn_sup_weight * sup
+        if self.attn_role is not None:
+            role = self.attn_role(batch.pixel_values, batch.query_pos, batch.roles)
+            stats["losses/attn_role"] = role.detach()
+            loss = loss + self.attn_role_weight * role
         return loss, stats
 
 
@@ -473,7 +520,7 @@ def train(cfg: TrainConfig) -> Path | None:
     action_tok = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats,
-                      grounding=cfg.ground_frac > 0, task_queries=cfg.ground_task)
+                      grounding=cfg.ground_frac > 0, task_queries=cfg.ground_task, roles=cfg.attn_role > 0)
     log.info("loaded %d steps, %d instructions from %s in %.1fs", len(ds), len(ds.instructions), cfg.data, time.perf_counter() - t0)
     config = config.replace(norm_stats=ds.norm_stats)
     model.config = config
@@ -482,8 +529,9 @@ def train(cfg: TrainConfig) -> Path | None:
     model.freeze_unused()
     attn_sup = (AttentionSupervision(model, transform, tokenizer, cfg.attn_sup_layer, cfg.attn_sup_head).to(device)
                 if cfg.attn_sup > 0 else None)
+    attn_role = RoleSupervision(model, transform, cfg.attn_role_layer).to(device) if cfg.attn_role > 0 else None
     loss_fn: nn.Module = ActionLoss(model, (action_tok.first_action_token, action_tok.vocab_size), cfg.label_sigma,
-                                    attn_sup, cfg.attn_sup)
+                                    attn_sup, cfg.attn_sup, attn_role, cfg.attn_role)
     if dist_info.world > 1:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)

@@ -73,6 +73,27 @@ def episode_target(family: str, split: str, seed: int) -> tuple[float, float]:
     return _target_xy(_redraw(family, split, seed))
 
 
+def episode_roles(family: str, split: str, seed: int, instruction: str) -> tuple[str | None, str | None]:
+    """Colours of the object the instruction moves and of its goal object (the plate or block it goes on).
+
+    None for a role the task does not have (pick and push have no goal object), for a colour that another
+    object of the scene also shows (the colour would not single it out), and for both roles when
+    re-sampling the seed does not give the recorded instruction.
+    """
+    task = _redraw(family, split, seed)
+    if task.instruction != instruction:
+        return None, None
+    colours = [p.colour for p in task.placements]
+
+    def unique_colour(slot: str | None) -> str | None:
+        if slot is None:
+            return None
+        colour = task.placement(slot).colour
+        return colour if colours.count(colour) == 1 else None
+
+    return unique_colour(task.target), unique_colour(task.goal)
+
+
 def _objects(task) -> tuple[str, dict[str, tuple[float, float]]]:
     names = [f"{p.colour} {p.kind}" for p in task.placements]
     objects = {n: p.xy for n, p in zip(names, task.placements) if names.count(n) == 1}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.attn_sup import AttentionSupervision, colour_fractions
+from export.attn_sup import AttentionSupervision, RoleSupervision, colour_fractions
 from export.model import OpenVLA, init_weights
 from export.tiny import PRESETS, preset_config
 from export.tokenizer_gen import write_tokenizer
@@ -87,7 +87,7 @@ def test_word_attention_is_the_heads_real_attention(model, tokenizer):
         rows, cols, logp = sup.word_attention(ids)
     assert rows.tolist() == [0, 0, 1]  # red, blue, green; the third prompt names no colour
     d = attn.head_dim
-    v = attn.v_proj(seen["x"]).view(*seen["x"].shape[:2], -1, d)[:, :, sup.kv_head]  # [B, L, D]
+    v = attn.v_proj(seen["x"]).view(*seen["x"].shape[:2], -1, d)[:, :, head // sup.group]  # [B, L, D]
     pos = model.config.num_patches + cols
     expected = seen["out"].view(*seen["out"].shape[:2], -1, d)[rows, pos, head]  # [M, D]
     mixed = torch.einsum("ml,mld->md", logp.exp(), v[rows])
@@ -135,6 +135,61 @@ def test_bad_layer_head_and_weight_are_clear_errors(model, tokenizer):
         AttentionSupervision(model, transform, tokenizer, head=12)
     with pytest.raises(ConfigError, match="--attn-sup=-1"):
         TrainConfig(data="x", out="y", attn_sup=-1.0)
+    with pytest.raises(ConfigError, match="--attn-role-layer=7"):
+        RoleSupervision(model, transform, layer=7)
+    with pytest.raises(ConfigError, match="--attn-role=-1"):
+        TrainConfig(data="x", out="y", attn_role=-1.0)
+
+
+def test_role_loss_pulls_the_action_query_to_target_and_goal(model, tokenizer):
+    """--attn-role: head 0 at the position predicting the first action token learns the target's patches,
+    the goal head the goal's, for the same image and prompt; rows without a role add nothing."""
+    sup = RoleSupervision(model, ImageTransform.from_config(model.config), layer=1)
+    assert sup.heads == (0, 2)  # tiny-128 layer 1: 4 heads in 2 key/value groups
+    pixels, ids = _batch(model, tokenizer, ["stack the red block on the blue block"] * 2)
+    query_pos = torch.full((2,), model.config.num_patches + int((ids[0] != 32000).sum()) - 1)
+    roles = torch.tensor([[RED, BLUE], [-1, -1]])  # row 1: a grounding question (no roles)
+    _, red, blue = _scene()
+
+    def masses() -> tuple[float, float]:
+        with torch.no_grad():
+            model.hidden_states(pixels, ids)
+            t = sup.attention(torch.tensor([0]), query_pos[:1], sup.heads[0])[0, 1 + red].exp()
+            g = sup.attention(torch.tensor([0]), query_pos[:1], sup.heads[1])[0, 1 + blue].exp()
+        return float(t), float(g)
+
+    before = masses()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(25):
+        opt.zero_grad()
+        model.hidden_states(pixels, ids)
+        loss = sup(pixels, query_pos, roles)
+        loss.backward()
+        opt.step()
+    after = masses()
+    assert max(before) < 0.1 and min(after) > 0.5, (before, after)
+    model.hidden_states(pixels, ids)
+    assert sup(pixels, query_pos, torch.full((2, 2), -1)).item() == 0.0
+
+
+def test_episode_roles_name_target_and_goal_colours():
+    from sim.grounding import _redraw, episode_roles
+
+    for family in ("pick", "push", "place", "stack"):
+        for seed in range(20):
+            task = _redraw(family, "id", seed)
+            target, goal = episode_roles(family, "id", seed, task.instruction)
+            colours = [p.colour for p in task.placements]
+            t = task.placement(task.target).colour
+            assert target == (t if colours.count(t) == 1 else None)
+            assert target is None or target in task.instruction
+            if family in ("pick", "push"):
+                assert goal is None
+            else:
+                g = task.placement(task.goal).colour
+                assert goal == (g if colours.count(g) == 1 else None)
+                assert goal is None or goal in task.instruction
+    assert episode_roles("stack", "id", 0, "not the drawn instruction") == (None, None)
 
 
 def test_rlrc_train_logs_the_term(tmp_path):
@@ -143,10 +198,11 @@ def test_rlrc_train_logs_the_term(tmp_path):
     demos = tmp_path / "demos.hdf5"
     write_demos(DemoConfig(episodes=2, families=("pick",), image_size=64, seed=0), demos, progress=False)
     cfg = TrainConfig(data=str(demos), out=str(tmp_path / "run"), preset="tiny-128", steps=3, batch_size=4,
-                      warmup_steps=1, save_every=3, log_every=1, progress=False, attn_sup=0.5)
+                      warmup_steps=1, save_every=3, log_every=1, progress=False, attn_sup=0.5, attn_role=0.5)
     final = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(np.isfinite(r["losses/attn_sup"]) and r["losses/attn_sup"] > 0 for r in rows)
+    assert all(np.isfinite(r["losses/attn_role"]) and r["losses/attn_role"] > 0 for r in rows)
     assert all("losses/action_ce" in r for r in rows)
     # Training only: the checkpoint holds the model's tensors and nothing of the supervision.
     from safetensors import safe_open
