@@ -34,6 +34,8 @@ def rows() -> list[str]:
             who = f"base policy {attempt.group(0).replace('attempt', 'attempt ')}"
             if "diagnostic" in d:  # an experiment on that checkpoint, not its shipped decoding
                 who += f" (diagnostic: {d['diagnostic']['decoding']})"
+        elif path.stem.startswith("eval_base_recipe_"):  # the recipe rerun elsewhere (another host type)
+            who = f"base policy, current recipe rerun (`{path.stem}.md`)"
         elif path.stem.startswith("eval_base_") and "bundle" not in path.stem:
             who = "base policy (current recipe, `eval_base_id.md`)"
         else:
