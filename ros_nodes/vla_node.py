@@ -584,6 +584,10 @@ def main(args: list[str] | None = None) -> None:
     def _interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # Both set explicitly: a process started in the background of a non-interactive shell (`node &` in a
+    # script, a CI job) inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt, so
+    # Ctrl-C or `ros2 launch`'s SIGINT would leave the node spinning.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     node = VLANode()
     executor = SingleThreadedExecutor()

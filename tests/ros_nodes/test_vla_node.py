@@ -274,11 +274,14 @@ def test_rlrc_node_entry_point_runs_as_a_plain_process(ros, node_ckpt, recording
         pytest.skip("rlrc-node is not installed in this environment (pip install -e .)")
     actions = ros.record(Float32MultiArray, "/vla_node/action")
     env = dict(os.environ)
+    # Started with SIGINT ignored, as `rlrc-node &` in a script (or a CI job run in the background) starts
+    # it: the node must still stop on SIGINT.
     proc = subprocess.Popen(
         [str(exe), "--ros-args", "-p", f"bundle_path:={node_ckpt}", "-p", "camera_source:=recording",
          "-p", f"recording_path:={path}", "-p", "autostart:=true", "-p", "rate_hz:=50.0",
          "-p", "deadline_ms:=600000.0", "-p", "warmup_iterations:=0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         wait_for(lambda: len(actions) >= n or proc.poll() is not None, timeout=WAIT_S + 60,
                  what=f"{n} actions from the rlrc-node process")
