@@ -93,6 +93,11 @@ class TrainConfig:
                                                   "and the first head of the other key/value group towards its goal "
                                                   "object (export/attn_sup.py; training only; our demo files). 0 = off"})
     attn_role_layer: int = field(default=1, metadata={"help": "decoder layer of the two --attn-role heads"})
+    counterfactual_frac: float = field(default=0.0, metadata={"help": "fraction of each batch spent on counterfactual "
+                                                              "pairs: an untouched stack or push frame with its own "
+                                                              "instruction and action, and again with the words swapped "
+                                                              "(the other block, another side) and the expert's action "
+                                                              "for that (sim/counterfactual.py; our demo files only). 0 = off"})
     label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
                                                       "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
     save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
@@ -116,6 +121,9 @@ class TrainConfig:
                 raise ConfigError(f"--ground-start={self.ground_start} must be in [0, 1) and needs --ground-frac > 0")
             if self.ground_decay_steps < 1:
                 raise ConfigError("--ground-start needs --ground-decay-steps >= 1 (steps to reach --ground-frac)")
+        if not 0.0 <= self.counterfactual_frac < 1.0 or self.ground_frac + self.counterfactual_frac >= 1.0:
+            raise ConfigError(f"--counterfactual-frac={self.counterfactual_frac} must be in [0, 1) and leave room for "
+                              f"demonstration steps beside --ground-frac={self.ground_frac} (their sum < 1)")
         if self.ground_pair_weight <= 0:
             raise ConfigError(f"--ground-pair-weight={self.ground_pair_weight} must be > 0 (1 = uniform)")
         if self.attn_role < 0 or self.attn_role_layer < 0:
@@ -168,6 +176,12 @@ class ActionDataset:
     # Colours (palette indices of sim.tasks.COLOURS) of each step's target and goal object, -1 = none or
     # unknown; filled when requested (--attn-role), else empty.
     step_roles: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # [N, 2]
+    # Counterfactual samples (sim.counterfactual), empty unless requested: image row, index into prompts,
+    # action tokens of the swapped instruction, and a sampling weight (each family gets an equal share).
+    cf_image: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C] into images
+    cf_prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C] into prompts
+    cf_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.int64))  # [C, D]
+    cf_weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # [C]
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -180,6 +194,11 @@ class ActionDataset:
         """(image row, prompt ids, target ids) of grounding query q."""
         return int(self.query_image[q]), self.query_prompts[self.query_prompt[q]], self.query_tokens[q]
 
+    def counterfactual_samples(self, c: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """The pair of counterfactual c: its frame as recorded, then the same image with the swapped instruction."""
+        row = int(self.cf_image[c])
+        return [self.action_sample(row), (row, self.prompts[self.cf_prompt[c]], self.cf_tokens[c])]
+
 
 def load_dataset(
     files: list[str],
@@ -191,12 +210,15 @@ def load_dataset(
     grounding: bool = False,
     task_queries: bool = False,
     roles: bool = False,
+    counterfactuals: bool = False,
 ) -> ActionDataset:
     """Read demos, compute (or reuse) norm_stats, and tokenize actions and instructions.
 
     With ``grounding`` the grounding queries of every demo of ours are built too (sim.grounding),
     with ``task_queries`` including "where is the object to move to <instruction>?". With ``roles`` the
     colours of each step's target and goal objects are looked up too (``step_roles``, for --attn-role).
+    With ``counterfactuals`` the swapped-instruction samples of every stack and push demo of ours are
+    built (sim.counterfactual, for --counterfactual-frac).
     """
     from sim.data import DemoReader, norm_stats_from_arrays
     from sim.grounding import QUERY_TEMPLATE
@@ -207,6 +229,7 @@ def load_dataset(
     offset = 0
     q_image, q_prompt, q_answer, q_pair, q_names = [], [], [], [], {}
     step_roles: list[np.ndarray] = []
+    cf_image, cf_instr, cf_action, cf_family = [], [], [], []
     for path in files:
         with DemoReader(path) as reader:
             key = dataset_key or reader.dataset_name
@@ -223,6 +246,12 @@ def load_dataset(
                         q_pair.append(n_objects >= 2)
                 if roles:
                     step_roles.append(np.tile(_demo_roles(reader, demo), (len(demo), 1)))
+                if counterfactuals:
+                    for cf, family in _demo_counterfactuals(reader, demo):
+                        cf_image.append(offset + cf.frame)
+                        cf_instr.append(names.setdefault(cf.instruction, len(names)))
+                        cf_action.append(cf.action)
+                        cf_family.append(family)
                 offset += len(demo)
                 idx = names.setdefault(demo.instruction, len(names))
                 images.append(np.stack([transform.resize(im) for im in demo.images]))
@@ -248,6 +277,11 @@ def load_dataset(
     if roles and not (np.concatenate(step_roles) >= 0).any():
         raise ConfigError(f"--attn-role needs demo files written by `rlrc-sim demos` (episode seeds); {files} "
                           "gave no step with a known target colour. Use --attn-role 0 for other data")
+    if counterfactuals and not cf_image:
+        raise ConfigError(f"--counterfactual-frac needs stack or push demos of the id split written by `rlrc-sim "
+                          f"demos` (episode seeds and proprio); {files} gave none. Use --counterfactual-frac 0")
+    families = np.asarray(cf_family)
+    cf_weight = np.asarray([1.0 / np.count_nonzero(families == f) for f in cf_family], np.float64)
     query_tok = dataclasses.replace(tokenizer, template=QUERY_TEMPLATE)
     return ActionDataset(
         images=np.concatenate(images),
@@ -263,6 +297,11 @@ def load_dataset(
         query_prompts=[query_tok(n) for n in q_names],
         query_pair=np.asarray(q_pair, bool),
         step_roles=np.concatenate(step_roles) if roles else np.zeros((0, 2), np.int64),
+        cf_image=np.asarray(cf_image, np.int64),
+        cf_prompt=np.asarray(cf_instr, np.int64),
+        cf_tokens=(action_tokenizer.encode(stats.normalize(np.asarray(cf_action).reshape(-1, acts.shape[1])))
+                   .astype(np.int64)),
+        cf_weight=cf_weight,
     )
 
 
@@ -274,6 +313,17 @@ def _demo_queries(reader: Any, demo: Any, task_queries: bool) -> list[Any]:
         return []
     family, split, seed, ee_pos = info
     return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries)
+
+
+def _demo_counterfactuals(reader: Any, demo: Any) -> list[tuple[Any, str]]:
+    """(sim.counterfactual.Counterfactual, family) of every swapped-instruction sample of one demo."""
+    from sim.counterfactual import demo_counterfactuals
+
+    info = reader.episode_info(demo.key)
+    if info is None or demo.proprio is None:
+        return []
+    family, split, seed, _ = info
+    return [(cf, family) for cf in demo_counterfactuals(family, split, seed, demo.instruction, demo.proprio)]
 
 
 def _demo_roles(reader: Any, demo: Any) -> np.ndarray:
@@ -307,12 +357,15 @@ class Batch:
 
 def make_batch(ds: ActionDataset, idx: np.ndarray, transform: ImageTransform, num_patches: int, pad_id: int,
                eos_id: int, gen: torch.Generator | None = None, shift: int = 0,
-               query_idx: np.ndarray | None = None) -> Batch:
-    """Sample indices (+ grounding query indices) -> a Batch (images normalised exactly as the runtime's
-    ImageTransform). Every sequence is [BOS, patches, prompt, targets, EOS]; targets and EOS are supervised."""
+               query_idx: np.ndarray | None = None, cf_idx: np.ndarray | None = None) -> Batch:
+    """Sample indices (+ grounding query indices, + counterfactual pair indices, two rows each) -> a Batch
+    (images normalised exactly as the runtime's ImageTransform). Every sequence is [BOS, patches, prompt,
+    targets, EOS]; targets and EOS are supervised."""
     samples = [ds.action_sample(int(i)) for i in idx]
     if query_idx is not None:
         samples += [ds.query_sample(int(q)) for q in query_idx]
+    if cf_idx is not None:
+        samples += [s for c in cf_idx for s in ds.counterfactual_samples(int(c))]
     rows_img = np.asarray([s[0] for s in samples], np.int64)
     imgs = torch.from_numpy(ds.images[rows_img]).permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, S, S]
     if shift and gen is not None:
@@ -520,8 +573,13 @@ def train(cfg: TrainConfig) -> Path | None:
     action_tok = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats,
-                      grounding=cfg.ground_frac > 0, task_queries=cfg.ground_task, roles=cfg.attn_role > 0)
+                      grounding=cfg.ground_frac > 0, task_queries=cfg.ground_task, roles=cfg.attn_role > 0,
+                      counterfactuals=cfg.counterfactual_frac > 0)
     log.info("loaded %d steps, %d instructions from %s in %.1fs", len(ds), len(ds.instructions), cfg.data, time.perf_counter() - t0)
+    if cfg.counterfactual_frac > 0:
+        log.info("%d counterfactual samples", len(ds.cf_image))
+    n_pairs = int(round(cfg.batch_size * cfg.counterfactual_frac / 2))
+    cf_weights = torch.from_numpy(ds.cf_weight) if n_pairs else None
     config = config.replace(norm_stats=ds.norm_stats)
     model.config = config
 
@@ -564,13 +622,16 @@ def train(cfg: TrainConfig) -> Path | None:
             for micro in range(cfg.grad_accum):
                 gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, dist_info.rank)) % (2**63))
                 n_query = int(round(cfg.batch_size * ground_share(step, cfg)))
-                idx = torch.randint(0, len(ds), (cfg.batch_size - n_query,), generator=gen).numpy()
+                idx = torch.randint(0, len(ds), (cfg.batch_size - n_query - 2 * n_pairs,), generator=gen).numpy()
                 qidx = None
                 if n_query:
                     qidx = (torch.randint(0, len(ds.query_image), (n_query,), generator=gen) if q_weights is None
                             else torch.multinomial(q_weights, n_query, replacement=True, generator=gen)).numpy()
+                cidx = (torch.multinomial(cf_weights, n_pairs, replacement=True, generator=gen).numpy()
+                        if cf_weights is not None else None)
                 batch = make_batch(ds, idx, transform, config.num_patches, config.llm.pad_token_id or 0,
-                                   config.llm.eos_token_id, gen, cfg.shift if cfg.augment else 0, qidx).to(device)
+                                   config.llm.eos_token_id, gen, cfg.shift if cfg.augment else 0, qidx,
+                                   cidx).to(device)
                 sync = micro == cfg.grad_accum - 1 or dist_info.world == 1
                 ctx = loss_fn.no_sync() if not sync else _nullcontext()
                 with ctx, autocast:

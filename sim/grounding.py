@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.tasks import get_family
+from sim.tasks import TaskInstance, get_family
 
 UNTOUCHED_Z = 0.07
 """Frames from the start of a demo until the hand first drops below this height (m) are untouched."""
@@ -65,12 +65,12 @@ def episode_objects(family: str, split: str, seed: int) -> tuple[str, dict[str, 
 
     Names that occur twice in one scene are left out (the question would have two answers).
     """
-    return _objects(_redraw(family, split, seed))
+    return _objects(redraw_task(family, split, seed))
 
 
 def episode_target(family: str, split: str, seed: int) -> tuple[float, float]:
     """Start xy of the object the instruction of `reset(seed=seed)` moves."""
-    return _target_xy(_redraw(family, split, seed))
+    return _target_xy(redraw_task(family, split, seed))
 
 
 def episode_roles(family: str, split: str, seed: int, instruction: str) -> tuple[str | None, str | None]:
@@ -80,7 +80,7 @@ def episode_roles(family: str, split: str, seed: int, instruction: str) -> tuple
     object of the scene also shows (the colour would not single it out), and for both roles when
     re-sampling the seed does not give the recorded instruction.
     """
-    task = _redraw(family, split, seed)
+    task = redraw_task(family, split, seed)
     if task.instruction != instruction:
         return None, None
     colours = [p.colour for p in task.placements]
@@ -104,7 +104,8 @@ def _target_xy(task) -> tuple[float, float]:
     return next(p.xy for p in task.placements if p.slot == task.target)
 
 
-def _redraw(family: str, split: str, seed: int):
+def redraw_task(family: str, split: str, seed: int) -> TaskInstance:
+    """The task `TabletopEnv.reset(seed=seed)` draws in `split` (pure numpy, no simulator)."""
     from gymnasium.utils import seeding
 
     rng, _ = seeding.np_random(int(seed))
@@ -140,7 +141,7 @@ def demo_queries(family: str, split: str, seed: int, instruction: str, ee_pos: n
     Returns [] when re-sampling the seed does not give the recorded instruction (a file written by
     another version of the task code): wrong answers would be worse than none.
     """
-    task = _redraw(family, split, seed)
+    task = redraw_task(family, split, seed)
     drawn, objects = _objects(task)
     if drawn != instruction:
         return []

@@ -256,7 +256,7 @@ class TaskFamily:
             t_index = self.n_id_templates + int(rng.integers(len(self.templates) - self.n_id_templates))
         else:
             t_index = int(rng.integers(self.n_id_templates))
-        instruction = self._instruction(self.templates[t_index], placements, target, goal, side)
+        instruction = self.instruction(self.templates[t_index], placements, target, goal, side)
         visual = _sample_visual_shift(rng) if shift == "visual" else None
         return TaskInstance(
             family=self.name, split=split, shift=shift, instruction=instruction, template_index=t_index,
@@ -269,9 +269,10 @@ class TaskFamily:
         """(placements, target slot, goal slot, side); `clutter` adds the family's usual distractors."""
         raise NotImplementedError
 
-    def _instruction(
+    def instruction(
         self, template: str, placements: Sequence[Placement], target: str, goal: str | None, side: str | None
     ) -> str:
+        """`template` filled in for the given target, goal and side on `placements`."""
         by_slot = {p.slot: p for p in placements}
         t = by_slot[target]
         return template.format(
