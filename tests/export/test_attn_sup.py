@@ -173,11 +173,11 @@ def test_role_loss_pulls_the_action_query_to_target_and_goal(model, tokenizer):
 
 
 def test_episode_roles_name_target_and_goal_colours():
-    from sim.grounding import _redraw, episode_roles
+    from sim.grounding import redraw_task, episode_roles
 
     for family in ("pick", "push", "place", "stack"):
         for seed in range(20):
-            task = _redraw(family, "id", seed)
+            task = redraw_task(family, "id", seed)
             target, goal = episode_roles(family, "id", seed, task.instruction)
             colours = [p.colour for p in task.placements]
             t = task.placement(task.target).colour
