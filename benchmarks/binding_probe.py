@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.probe_report import write_report  # noqa: E402
 from export.checkpoint import load_model  # noqa: E402
 from rlrc_runtime.action import ActionTokenizer  # noqa: E402
 from rlrc_runtime.preprocess import ImageTransform  # noqa: E402
@@ -118,12 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{q:7s} nearer the right object {s['nearer_right']:.2f}   mean distance: right "
               f"{s['mean_right_cm']:.1f} cm, other {s['mean_wrong_cm']:.1f} cm")
     if args.json:
-        report = {"policy": str(args.policy), "family": args.family, "split": args.split, "seed": args.seed,
-                  "episodes": args.episodes, "summary": summary, "episodes_detail": rows,
-                  "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-                  "date": time.strftime("%Y-%m-%d"), "wall_s": round(time.perf_counter() - t0, 1)}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_report(args.json, {"policy": str(args.policy), "family": args.family, "split": args.split,
+                                 "seed": args.seed, "episodes": args.episodes, "summary": summary,
+                                 "episodes_detail": rows}, t0)
     return 0
 
 

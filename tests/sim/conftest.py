@@ -19,3 +19,18 @@ def demo_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DemoConfi
     path = tmp_path_factory.mktemp("demos") / "demos.hdf5"
     summary = write_demos(config, path, progress=False)
     return path, config, summary
+
+
+@pytest.fixture()
+def libero_file(tmp_path: Path) -> Path:
+    """A one-demo file in the LIBERO layout (no episode seeds, so no grounding or swap can be labelled)."""
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "libero.hdf5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("data/demo_0")
+        g.create_dataset("actions", data=np.zeros((3, 7), np.float32))
+        g.create_dataset("obs/agentview_rgb", data=np.zeros((3, 32, 32, 3), np.uint8))
+        g.attrs["instruction"] = "stack the red block on the blue block"
+    return path

@@ -126,17 +126,9 @@ def test_counterfactual_option_checks(tmp_path):
     assert dataclasses.asdict(ok)["counterfactual_frac"] == 0.25
 
 
-def test_counterfactuals_need_our_stack_or_push_demos(tmp_path):
-    import h5py
-
-    path = tmp_path / "libero.hdf5"  # LIBERO layout: no episode seeds, so no swap can be labelled
-    with h5py.File(path, "w") as f:
-        g = f.create_group("data/demo_0")
-        g.create_dataset("actions", data=np.zeros((3, 7), np.float32))
-        g.create_dataset("obs/agentview_rgb", data=np.zeros((3, 32, 32, 3), np.uint8))
-        g.attrs["instruction"] = "stack the red block on the blue block"
+def test_counterfactuals_need_our_stack_or_push_demos(tmp_path, libero_file):
     write_tokenizer(tmp_path / "tok")
     tok = PromptTokenizer.from_dir(tmp_path / "tok")
     transform = ImageTransform.from_config(preset_config(PRESETS["tiny-128"], norm_stats={}))
     with pytest.raises(ConfigError, match="counterfactual-frac"):
-        load_dataset([str(path)], transform, tok, ActionTokenizer(), "libero_x", counterfactuals=True)
+        load_dataset([str(libero_file)], transform, tok, ActionTokenizer(), "libero_x", counterfactuals=True)

@@ -132,20 +132,12 @@ def test_query_sequences_in_a_batch(demos, tmp_path):
     np.testing.assert_allclose(batch.pixel_values[3].numpy(), transform(ds.images[ds.query_image[5]])[0], atol=1e-6)
 
 
-def test_grounding_needs_our_demo_files(tmp_path):
-    import h5py
-
-    path = tmp_path / "libero.hdf5"
-    with h5py.File(path, "w") as f:
-        g = f.create_group("data/demo_0")
-        g.create_dataset("actions", data=np.zeros((3, 7), np.float32))
-        g.create_dataset("obs/agentview_rgb", data=np.zeros((3, 32, 32, 3), np.uint8))
-        g.attrs["instruction"] = "pick up the red block"
+def test_grounding_needs_our_demo_files(tmp_path, libero_file):
     write_tokenizer(tmp_path / "tok")
     tok = PromptTokenizer.from_dir(tmp_path / "tok")
     config = preset_config(PRESETS["tiny-128"], norm_stats={})
     with pytest.raises(ConfigError, match="ground-frac"):
-        load_dataset([str(path)], ImageTransform.from_config(config), tok, ActionTokenizer(), "libero_x", grounding=True)
+        load_dataset([str(libero_file)], ImageTransform.from_config(config), tok, ActionTokenizer(), "libero_x", grounding=True)
 
 
 def test_pair_scenes_are_flagged_and_weighted(demos, tmp_path):
