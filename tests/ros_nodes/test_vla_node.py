@@ -283,8 +283,13 @@ def test_rlrc_node_entry_point_runs_as_a_plain_process(ros, node_ckpt, recording
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        wait_for(lambda: len(actions) >= n or proc.poll() is not None, timeout=WAIT_S + 60,
-                 what=f"{n} actions from the rlrc-node process")
+        try:
+            wait_for(lambda: len(actions) >= n or proc.poll() is not None, timeout=WAIT_S + 60,
+                     what=f"{n} actions from the rlrc-node process")
+        except AssertionError as exc:  # say how far it got and what the node printed (a flake once in CI)
+            proc.kill()
+            raise AssertionError(f"{exc}; received {len(actions)} of {n}; node output:\n"
+                                 f"{proc.communicate(timeout=30)[0][-3000:]}") from None
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.5)
         assert len(actions) == n
