@@ -23,7 +23,7 @@ the scene valid. Used by `rlrc-train --counterfactual-frac`; inference never see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -69,8 +69,6 @@ class _FrozenScene:
 def swapped_tasks(task: TaskInstance) -> list[TaskInstance]:
     """The `id` tasks on `task`'s scene whose instruction differs from it only in which object or side
     the words name (see the module docstring); [] for families without one."""
-    from dataclasses import replace
-
     family = get_family(task.family)
     allowed = set(family.id_combos())
     template = family.templates[task.template_index]
