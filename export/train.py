@@ -280,8 +280,8 @@ def load_dataset(
     if counterfactuals and not cf_image:
         raise ConfigError(f"--counterfactual-frac needs stack or push demos of the id split written by `rlrc-sim "
                           f"demos` (episode seeds and proprio); {files} gave none. Use --counterfactual-frac 0")
-    families = np.asarray(cf_family)
-    cf_weight = np.asarray([1.0 / np.count_nonzero(families == f) for f in cf_family], np.float64)
+    _, family_of, family_size = np.unique(np.asarray(cf_family, dtype=str), return_inverse=True, return_counts=True)
+    cf_weight = 1.0 / family_size[family_of].astype(np.float64)
     query_tok = dataclasses.replace(tokenizer, template=QUERY_TEMPLATE)
     return ActionDataset(
         images=np.concatenate(images),
