@@ -124,6 +124,10 @@ class TrainConfig:
         if not 0.0 <= self.counterfactual_frac < 1.0 or self.ground_frac + self.counterfactual_frac >= 1.0:
             raise ConfigError(f"--counterfactual-frac={self.counterfactual_frac} must be in [0, 1) and leave room for "
                               f"demonstration steps beside --ground-frac={self.ground_frac} (their sum < 1)")
+        if self.counterfactual_frac > 0 and round(self.batch_size * self.counterfactual_frac / 2) == 0:
+            raise ConfigError(f"--counterfactual-frac={self.counterfactual_frac} gives no pair in a batch of "
+                              f"{self.batch_size} (each pair is two rows); use at least "
+                              f"{2.0 / self.batch_size:.3g} (one pair), or drop the option")
         if self.ground_pair_weight <= 0:
             raise ConfigError(f"--ground-pair-weight={self.ground_pair_weight} must be > 0 (1 = uniform)")
         if self.attn_role < 0 or self.attn_role_layer < 0:

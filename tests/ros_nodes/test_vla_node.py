@@ -273,6 +273,7 @@ def test_rlrc_node_entry_point_runs_as_a_plain_process(ros, node_ckpt, recording
     if not exe.exists():
         pytest.skip("rlrc-node is not installed in this environment (pip install -e .)")
     actions = ros.record(Float32MultiArray, "/vla_node/action")
+    diags = ros.record(DiagnosticArray, "/diagnostics")
     env = dict(os.environ)
     # Started with SIGINT ignored, as `rlrc-node &` in a script (or a CI job run in the background) starts
     # it: the node must still stop on SIGINT.
@@ -282,17 +283,26 @@ def test_rlrc_node_entry_point_runs_as_a_plain_process(ros, node_ckpt, recording
          "-p", "deadline_ms:=600000.0", "-p", "warmup_iterations:=0"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+    def node_values() -> dict[str, str]:
+        own = [s for d in list(diags) for s in d.status if s.name == "vla_node: policy"]
+        return {kv.key: kv.value for kv in own[-1].values} if own else {}
+
     try:
         try:
-            wait_for(lambda: len(actions) >= n or proc.poll() is not None, timeout=WAIT_S + 60,
-                     what=f"{n} actions from the rlrc-node process")
-        except AssertionError as exc:  # say how far it got and what the node printed (a flake once in CI)
+            wait_for(lambda: node_values().get("recording_finished") == "true" or proc.poll() is not None,
+                     timeout=WAIT_S + 60, what="the rlrc-node process to play its recording")
+        except AssertionError as exc:  # say how far it got and what the node printed
             proc.kill()
-            raise AssertionError(f"{exc}; received {len(actions)} of {n}; node output:\n"
+            raise AssertionError(f"{exc}; received {len(actions)} of {n} actions; node output:\n"
                                  f"{proc.communicate(timeout=30)[0][-3000:]}") from None
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.5)
-        assert len(actions) == n
+        assert node_values()["actions_published"] == str(n), "exactly one action per recorded frame"
+        # The action topic is volatile (a late subscriber must never get an old action), so the first
+        # actions can go out before this process has discovered the node's new publisher.
+        assert 1 <= len(actions) <= n, f"received {len(actions)} of the {n} published actions"
+        assert all(len(m.data) == 7 and all(math.isfinite(v) for v in m.data) for m in actions)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:

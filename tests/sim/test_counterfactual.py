@@ -122,6 +122,9 @@ def test_counterfactual_option_checks(tmp_path):
         TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.5, counterfactual_frac=0.5)
     with pytest.raises(ConfigError, match="--counterfactual-frac"):
         TrainConfig(data="x.hdf5", out=str(tmp_path), counterfactual_frac=-0.1)
+    with pytest.raises(ConfigError, match="gives no pair in a batch of 32.*0.0625"):
+        TrainConfig(data="x.hdf5", out=str(tmp_path), counterfactual_frac=0.02)
+    assert TrainConfig(data="x.hdf5", out=str(tmp_path), counterfactual_frac=0.0625).counterfactual_frac == 0.0625
     ok = TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, counterfactual_frac=0.25)
     assert dataclasses.asdict(ok)["counterfactual_frac"] == 0.25
 
