@@ -2,12 +2,13 @@
 
     python benchmarks/binding_fit.py --data artifacts/attempt13/demos_stack_1000.hdf5 \
         [--steps 800 --every 100 --pairs 32 --lr 7e-4] [--json benchmarks/results/binding_fit.json]
+        [--preset base-128 --override '{"hidden_size": 256, "head_dim": 64}' --embed-std 0.5]
 
 Every batch is `--pairs` counterfactual pairs (sim/counterfactual.py) of stack demos: an untouched
 frame with its own instruction and action, and the same frame with the two colours swapped and the
 expert's action for that. Nothing else is trained, so the only way to lower the loss on a pair is
-to act on the named block. The model is `rlrc-train`'s from-scratch base-128 with the recipe's
-HL-Gauss targets, sine-cosine position init and 6-px shifts. Demos are split by frame row: the first
+to act on the named block. The model is `rlrc-train`'s from-scratch base-128 (or `--preset` with
+`--override` fields, to see which model dimensions bind) with the recipe's HL-Gauss targets, sine-cosine position init and 6-px shifts. Demos are split by frame row: the first
 85 % train, the rest are held out.
 
 Every `--every` steps, on 128 fixed training pairs and 128 held-out ones, the first two action
@@ -22,6 +23,7 @@ A model that ignores the words gives the same tokens for both rows: own + swappe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -41,6 +43,16 @@ from export.train import ActionDataset, ActionLoss, load_dataset, make_batch, pa
 from rlrc_runtime.action import ActionTokenizer  # noqa: E402
 from rlrc_runtime.preprocess import ImageTransform  # noqa: E402
 from rlrc_runtime.prompt import PromptTokenizer  # noqa: E402
+from sim.tasks import COLOUR_NAMES  # noqa: E402
+
+
+def one_colour(instruction: str) -> str:
+    """`instruction` with its second colour word (sim.tasks.COLOUR_NAMES) replaced by 'other'."""
+    words = instruction.split(" ")
+    at = [i for i, w in enumerate(words) if w in COLOUR_NAMES]
+    if len(at) >= 2:
+        words[at[1]] = "other"
+    return " ".join(words)
 
 
 def pair_scores(model: OpenVLA, ds: ActionDataset, transform: ImageTransform, pairs: np.ndarray) -> dict[str, float]:
@@ -70,20 +82,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=32, help="counterfactual pairs per batch (two rows each)")
     ap.add_argument("--lr", type=float, default=7e-4, help="peak learning rate (100 warm-up steps, then flat)")
     ap.add_argument("--seed", type=int, default=0, help="init and sampling seed")
+    ap.add_argument("--preset", default="base-128", help="model preset (export.tiny.PRESETS)")
+    ap.add_argument("--override", default="{}",
+                    help='JSON of preset fields to change, e.g. \'{"hidden_size": 256, "head_dim": 64}\'')
+    ap.add_argument("--embed-std", type=float, default=None,
+                    help="init std of the token embeddings (default: 0.02, as every other weight)")
+    ap.add_argument("--one-colour", action="store_true",
+                    help="diagnostic: replace the second colour word of every instruction by 'other' ('stack the red "
+                         "block on the other block'), so binding is one colour lookup with no word order to read")
     ap.add_argument("--json", help="write the scores here")
     args = ap.parse_args(argv)
     if min(args.steps, args.every, args.pairs) < 1:
         ap.error("--steps, --every and --pairs must be >= 1")
     torch.set_num_threads(2)
-    config = preset_config(get_preset("base-128"), norm_stats={})
+    try:
+        preset = dataclasses.replace(get_preset(args.preset), **{
+            k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.override).items()})
+    except (TypeError, json.JSONDecodeError) as exc:
+        ap.error(f"--override: {exc}")
+    config = preset_config(preset, norm_stats={})
     model = OpenVLA(config)
-    init_weights(model, seed=args.seed, sincos_pos=True)
+    init_weights(model, seed=args.seed, sincos_pos=True, embed_std=args.embed_std)
     transform = ImageTransform.from_config(config)
     with tempfile.TemporaryDirectory() as tok_dir:
         write_tokenizer(Path(tok_dir), model_max_length=config.llm.max_position_embeddings)
         tokenizer = PromptTokenizer.from_dir(tok_dir)
     actions = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
     ds = load_dataset([args.data], transform, tokenizer, actions, None, None, counterfactuals=True)
+    if args.one_colour:
+        ds.instructions = [one_colour(t) for t in ds.instructions]
+        ds.prompts = [tokenizer(t) for t in ds.instructions]
     model.config = config.replace(norm_stats=ds.norm_stats)
     model.train()
     model.freeze_unused()

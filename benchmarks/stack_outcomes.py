@@ -1,10 +1,10 @@
-"""Why do place/stack episodes fail? Classify each episode by which object left the table first.
+"""Why do place/stack/push episodes fail? Classify each episode by what the objects did.
 
     python benchmarks/stack_outcomes.py --policy artifacts/base_policy/run/final [--family stack]
         [--split id] [--episodes 100] [--seed 100000] [--json benchmarks/results/stack_outcomes.json]
 
 Runs the policy (torch backend) through the same episodes `rlrc-eval` scores (same split, same
-reset seeds) and puts every episode in one class:
+reset seeds) and puts every episode in one class. Place and stack, by which object left the table first:
 
     success                      the task's success test passed
     success after wrong block    passed, but the goal object was lifted before the target
@@ -16,6 +16,16 @@ reset seeds) and puts every episode in one class:
 
 "Rose" means the body's centre went LIFTED m above where it started. Reading of the numbers:
 benchmarks/results/eval_base_attempt7_id.md and eval_base_id.md.
+
+Push (`--family push`), by the way the block first moved (the side whose direction is nearest its
+displacement once that passes MOVED m):
+
+    success                      the task's success test passed
+    pushed the wrong way         the block first moved towards another side than the instructed one:
+                                 the side word was not followed
+    never moved                  the block never moved MOVED m from its start
+    off the table plane          the block ended lifted or tipped (centre not at rest height)
+    pushed short                 the right way, but not far enough
 """
 from __future__ import annotations
 
@@ -27,16 +37,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlrc_runtime import load_policy  # noqa: E402
 from sim import make_env  # noqa: E402
 from sim.evaluate import to_env_action  # noqa: E402
+from sim.tasks import SIDES  # noqa: E402
 
 LIFTED = 0.03
 """m an object's centre must rise above its start to count as lifted."""
 OVER_LIFT = 0.15
 """m above its start beyond which the target is counted as lifted too far."""
+MOVED = 0.02
+"""m a pushed block's centre must move (in the table plane) before its direction is read."""
 
 
 def classify(success: bool, first: str | None, max_rise: float) -> str:
@@ -50,6 +65,48 @@ def classify(success: bool, first: str | None, max_rise: float) -> str:
     if max_rise > OVER_LIFT:
         return "over-lift"
     return "lifted target, failed place"
+
+
+def classify_push(success: bool, first_side: str | None, side: str, on_table: bool) -> str:
+    """One push episode's class from its success flag, the side the block first moved to and where it ended."""
+    if success:
+        return "success"
+    if first_side is None:
+        return "never moved"
+    if first_side != side:
+        return "pushed the wrong way"
+    if not on_table:
+        return "off the table plane"
+    return "pushed short"
+
+
+def nearest_side(displacement: np.ndarray) -> str:
+    """The side (sim.tasks.SIDES) whose unit direction is nearest an [dx, dy] displacement."""
+    return max(SIDES, key=lambda name: float(np.dot(SIDES[name], displacement)))
+
+
+def run_push_episode(policy, env, seed: int) -> dict:
+    """Roll the policy out from `reset(seed)` on a push task; the episode's class and what it is based on."""
+    obs, _ = env.reset(seed=seed)
+    world = env.unwrapped
+    task = world.task
+    start = np.array(world.body_pos(task.target), dtype=float)
+    first, success = None, False
+    for step in range(world.config.episode_steps):
+        action = policy.infer(obs["image"], obs["instruction"], None).action
+        obs, _, terminated, truncated, info = env.step(to_env_action(action))
+        shift = np.array(world.body_pos(task.target), dtype=float)[:2] - start[:2]
+        if first is None and float(np.linalg.norm(shift)) > MOVED:
+            first = nearest_side(shift)
+        if terminated or truncated:
+            success = bool(info.get("success", terminated))
+            break
+    end = np.array(world.body_pos(task.target), dtype=float)
+    on_table = abs(float(end[2] - start[2])) < 0.01
+    moved = float(np.dot(SIDES[task.side], (end - start)[:2]))
+    return {"seed": seed, "instruction": obs["instruction"], "side": task.side, "steps": step + 1,
+            "success": success, "first_side": first, "moved_along_side_m": round(moved, 4),
+            "outcome": classify_push(success, first, task.side, on_table)}
 
 
 def run_episode(policy, env, seed: int) -> dict:
@@ -80,7 +137,8 @@ def run_episode(policy, env, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", required=True, help="checkpoint directory (torch backend)")
-    parser.add_argument("--family", default="stack", choices=("stack", "place"), help="a family with a goal object")
+    parser.add_argument("--family", default="stack", choices=("stack", "place", "push"),
+                        help="stack or place (classed by the first object lifted) or push (by the way it moved)")
     parser.add_argument("--split", default="id")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=100000, help="first reset seed (rlrc-eval's default)")
@@ -93,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_policy(args.policy, backend="torch")
     env = make_env(suite="tabletop", family=args.family, split=args.split, seed=args.seed, image_size=args.image_size)
     start = time.perf_counter()
-    episodes = [run_episode(policy, env, seed)
+    run = run_push_episode if args.family == "push" else run_episode
+    episodes = [run(policy, env, seed)
                 for seed in tqdm(range(args.seed, args.seed + args.episodes), desc=args.family, unit="ep")]
     counts = collections.Counter(e["outcome"] for e in episodes)
     width = max(len(k) for k in counts)
@@ -102,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {"schema": "rlrc-place-outcomes/1", "policy": args.policy, "family": args.family,
                   "split": args.split, "seed": args.seed, "counts": dict(counts.most_common()),
-                  "lifted_m": LIFTED, "over_lift_m": OVER_LIFT, "wall_s": round(time.perf_counter() - start, 1),
+                  "lifted_m": LIFTED, "over_lift_m": OVER_LIFT, "moved_m": MOVED, "wall_s": round(time.perf_counter() - start, 1),
                   "machine": platform.node() or "unknown", "date": time.strftime("%Y-%m-%d"),
                   "command": "python benchmarks/stack_outcomes.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   "episodes": episodes}

@@ -441,12 +441,14 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1).to(torch.float32)
 
 
-def init_weights(model: OpenVLA, seed: int = 0, std: float = 0.02, sincos_pos: bool = False) -> None:
+def init_weights(model: OpenVLA, seed: int = 0, std: float = 0.02, sincos_pos: bool = False,
+                 embed_std: float | None = None) -> None:
     """Deterministic random initialisation for tiny test models (no pretrained weights exist here).
 
     ``sincos_pos`` starts the towers' position embeddings at a 2-D sine-cosine table instead of
     N(0, std): a ViT trained from scratch on a few hundred thousand frames then knows where each
     patch is from the first step (its N(0, 0.02) embeddings are drowned by the patch content).
+    ``embed_std`` draws the token embeddings with that std instead of ``std``.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -456,7 +458,9 @@ def init_weights(model: OpenVLA, seed: int = 0, std: float = 0.02, sincos_pos: b
                 if grid * grid == p.shape[1]:
                     p.copy_(sincos_2d(grid, p.shape[-1])[None])
                     continue
-            if name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "layernorm.weight")):
+            if embed_std is not None and name.endswith("embed_tokens.weight"):
+                p.normal_(0.0, embed_std, generator=gen)
+            elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "layernorm.weight")):
                 p.fill_(1.0)
             elif name.endswith("scale_factor"):
                 p.fill_(0.5)  # visible residual branches; timm's 1e-5 would make random towers near-identity

@@ -52,6 +52,12 @@ YAW_TOL = 0.06  # rad
 BOTTOM_XY_TOL = 0.012
 BOTTOM_Z_TOL = 0.012
 BOTTOM_YAW_TOL = 0.12
+# Pushing starts up to PUSH_ENTRY_Z above the push height and up to PUSH_BACK_TOL further back than the
+# funnel's end: the hand finishes its descent while closing in. A hard switch at the bottom gives
+# near-identical pictures two labels ("keep coming down", "push"); a policy trained on that hovered
+# behind the block, its prediction split between the two (benchmarks/results/push_outcomes.md).
+PUSH_ENTRY_Z = 0.02
+PUSH_BACK_TOL = 0.03
 CLOSE_STEPS = 4  # control steps to let the fingers close on the object
 CLOSE_LIFT = 0.004  # m the hand rises per step while the fingers close (see `_pick_phases`)
 REGRASP_HEIGHT = 0.03  # m the pinch point may rise above a grasp that holds nothing before re-grasping
@@ -125,9 +131,6 @@ class Expert:
         if yaw is not None:
             ok = ok and abs(wrap_angle(yaw - float(env.ee_euler[2]))) < tol[2]
         return ok
-
-    def _at_bottom(self, xy: np.ndarray, bottom_z: float, yaw: float) -> bool:
-        return self._reached(np.array([xy[0], xy[1], bottom_z]), yaw, (BOTTOM_XY_TOL, BOTTOM_Z_TOL, BOTTOM_YAW_TOL))
 
     def _pick_phases(self, slot: str) -> tuple[np.ndarray, float, float] | None:
         """approach (hover over it) -> descend (straight down) -> close -> lift; None once lifted."""
@@ -249,17 +252,30 @@ class PushExpert(Expert):
         obj = env.body_pos(slot)
         push_z = scene.FINGER_HALF[2] + 0.003
         if self.phase == "approach":
-            target = self._funnel_target(obj - d * self.STANDOFF, push_z, yaw, PUSH_FUNNEL)
-            if self._at_bottom(target, push_z, yaw):
-                self.phase = "push"
-            return target, yaw, 0.0
+            start = obj - d * self.STANDOFF
+            if not self._ready_to_push(start, push_z, yaw, d):
+                return self._funnel_target(start, push_z, yaw, PUSH_FUNNEL), yaw, 0.0
+            self.phase = "push"
         moved = float(np.dot((obj - env.start_pos(slot))[:2], d[:2]))
         if moved > 0.105:  # overshoot the success distance a little, then hold still
             return env.ee_pos, yaw, 0.0
         contact = scene.BLOCK_HALF + scene.FINGER_HALF[1] * 2
-        target = obj - d * (contact - self.PRESS)
+        # Still coming down: close in to just short of the near face (touching it high up could tip it).
+        gap = self.PRESS if float(env.ee_pos[2]) - push_z < Z_TOL else -0.005
+        target = obj - d * (contact - gap)
         target[2] = push_z
         return target, yaw, 0.0
+
+    def _ready_to_push(self, start: np.ndarray, push_z: float, yaw: float, d: np.ndarray) -> bool:
+        """The hand is low enough, square to the block and in line behind it (see PUSH_ENTRY_Z)."""
+        env = self.env
+        off = env.ee_pos[:2] - start[:2]
+        along = float(off @ d[:2])  # > 0: past the start point, towards the block
+        across = float(off[0] * d[1] - off[1] * d[0])
+        height = float(env.ee_pos[2]) - push_z
+        return (-PUSH_BACK_TOL < along < BOTTOM_XY_TOL and abs(across) < BOTTOM_XY_TOL
+                and -BOTTOM_Z_TOL < height < PUSH_ENTRY_Z
+                and abs(wrap_angle(yaw - float(env.ee_euler[2]))) < BOTTOM_YAW_TOL)
 
 
 EXPERTS: dict[str, type[Expert]] = {

@@ -75,3 +75,28 @@ def test_json_report_from_a_checkpoint(outcomes, ckpt_factory, tmp_path):
     assert report["schema"] == "rlrc-place-outcomes/1" and report["family"] == "stack"
     assert sum(report["counts"].values()) == len(report["episodes"]) == 1
     assert report["episodes"][0]["outcome"] in report["counts"]
+
+
+def test_push_classes(outcomes):
+    assert outcomes.classify_push(True, "left", "left", True) == "success"
+    assert outcomes.classify_push(False, None, "left", True) == "never moved"
+    assert outcomes.classify_push(False, "right", "left", True) == "pushed the wrong way"
+    assert outcomes.classify_push(False, "left", "left", False) == "off the table plane"
+    assert outcomes.classify_push(False, "left", "left", True) == "pushed short"
+    assert outcomes.nearest_side(np.array([0.01, 0.05])) == "left"
+    assert outcomes.nearest_side(np.array([-0.04, 0.01])) == "front"
+
+
+def test_push_expert_episode_moves_the_block_the_instructed_way(outcomes):
+    from sim import make_env
+
+    env = make_env(suite="tabletop", family="push", split="id", seed=100000, image_size=64)
+    try:
+        ep = outcomes.run_push_episode(ExpertPolicy(env), env, 100000)
+        assert ep["outcome"] == "success" and ep["first_side"] == ep["side"]
+        assert ep["moved_along_side_m"] > 0.05
+        still = outcomes.run_push_episode(StillPolicy(), env, 100001)
+        assert still["outcome"] == "never moved" and still["first_side"] is None
+        assert still["steps"] == env.unwrapped.config.episode_steps
+    finally:
+        env.close()

@@ -146,3 +146,27 @@ def test_push_approach_goes_down_while_aligned_instead_of_hovering() -> None:
             if terminated or truncated:
                 break
     assert checked > 0
+
+
+def test_push_starts_while_still_coming_down() -> None:
+    """No hard "come down, then push" switch at the bottom (benchmarks/results/push_outcomes.md): the
+    first push action already moves towards the block, and goes on down when the hand is still high."""
+    from sim.experts import PUSH_ENTRY_Z, Z_TOL, scene
+    from sim.tasks import SIDES
+
+    env = sim.make_env(family="push", image_size=32)
+    expert = make_expert(env)
+    high = 0
+    for seed in range(6):
+        env.reset(seed=seed)
+        expert.reset()
+        while expert.phase == "approach":
+            height = float(env.ee_pos[2]) - (scene.FINGER_HALF[2] + 0.003)
+            action = expert.act()  # the last one is the step that switched to "push"
+            env.step(action)
+        assert np.dot(action[:2], SIDES[env.task.side]) > 0.005, f"seed {seed}: first push action {action}"
+        assert height < PUSH_ENTRY_Z
+        if height > Z_TOL:
+            high += 1
+            assert action[2] < -0.003, f"seed {seed}: pushing from {height:.3f} m up without coming down"
+    assert high > 0
