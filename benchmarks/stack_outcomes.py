@@ -26,6 +26,10 @@ displacement once that passes MOVED m):
     never moved                  the block never moved MOVED m from its start
     off the table plane          the block ended lifted or tipped (centre not at rest height)
     pushed short                 the right way, but not far enough
+
+Every failed episode also records `still_at_end`: how many steps at its end moved the hand less than
+STILL m each. A policy that stalls (holds still, the frame stays the same, so does the action) shows a
+long run of them; the summary line counts failed episodes that end with 10 or more.
 """
 from __future__ import annotations
 
@@ -52,6 +56,18 @@ OVER_LIFT = 0.15
 """m above its start beyond which the target is counted as lifted too far."""
 MOVED = 0.02
 """m a pushed block's centre must move (in the table plane) before its direction is read."""
+STILL = 0.002
+"""m per step under which the hand counts as holding still (`still_at_end`: such steps that end a failed episode)."""
+
+
+def still_steps(moves: list[float]) -> int:
+    """How many of the last steps moved the hand less than STILL m each."""
+    n = 0
+    for m in reversed(moves):
+        if m >= STILL:
+            break
+        n += 1
+    return n
 
 
 def classify(success: bool, first: str | None, max_rise: float) -> str:
@@ -91,10 +107,12 @@ def run_push_episode(policy, env, seed: int) -> dict:
     world = env.unwrapped
     task = world.task
     start = np.array(world.body_pos(task.target), dtype=float)
-    first, success = None, False
+    first, success, moves = None, False, []
     for step in range(world.config.episode_steps):
         action = policy.infer(obs["image"], obs["instruction"], None).action
+        hand = np.array(world.ee_pos, dtype=float)
         obs, _, terminated, truncated, info = env.step(to_env_action(action))
+        moves.append(float(np.linalg.norm(np.asarray(world.ee_pos) - hand)))
         shift = np.array(world.body_pos(task.target), dtype=float)[:2] - start[:2]
         if first is None and float(np.linalg.norm(shift)) > MOVED:
             first = nearest_side(shift)
@@ -106,6 +124,7 @@ def run_push_episode(policy, env, seed: int) -> dict:
     moved = float(np.dot(SIDES[task.side], (end - start)[:2]))
     return {"seed": seed, "instruction": obs["instruction"], "side": task.side, "steps": step + 1,
             "success": success, "first_side": first, "moved_along_side_m": round(moved, 4),
+            "still_at_end": 0 if success else still_steps(moves),
             "outcome": classify_push(success, first, task.side, on_table)}
 
 
@@ -116,10 +135,12 @@ def run_episode(policy, env, seed: int) -> dict:
     task = world.task
     target_z0 = float(world.body_pos(task.target)[2])
     goal_z0 = float(world.body_pos(task.goal)[2])
-    first, max_rise, success = None, 0.0, False
+    first, max_rise, success, moves = None, 0.0, False, []
     for step in range(world.config.episode_steps):
         action = policy.infer(obs["image"], obs["instruction"], None).action
+        hand = np.array(world.ee_pos, dtype=float)
         obs, _, terminated, truncated, info = env.step(to_env_action(action))  # exactly as rlrc-eval steps
+        moves.append(float(np.linalg.norm(np.asarray(world.ee_pos) - hand)))
         rise = float(world.body_pos(task.target)[2]) - target_z0
         max_rise = max(max_rise, rise)
         if first is None and rise > LIFTED:
@@ -131,6 +152,7 @@ def run_episode(policy, env, seed: int) -> dict:
             break
     return {"seed": seed, "instruction": obs["instruction"], "steps": step + 1, "success": success,
             "first_lifted": first, "target_max_rise_m": round(max_rise, 4),
+            "still_at_end": 0 if success else still_steps(moves),
             "outcome": classify(success, first, max_rise)}
 
 
@@ -158,10 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(k) for k in counts)
     for outcome, n in counts.most_common():
         print(f"{outcome:<{width}}  {n:4d}/{len(episodes)}")
+    stalled = sum(e["still_at_end"] >= 10 for e in episodes)
+    print(f"failed episodes that end with the hand still for 10+ steps: {stalled}/{len(episodes)}")
     if args.json:
         report = {"schema": "rlrc-place-outcomes/1", "policy": args.policy, "family": args.family,
                   "split": args.split, "seed": args.seed, "counts": dict(counts.most_common()),
-                  "lifted_m": LIFTED, "over_lift_m": OVER_LIFT, "moved_m": MOVED, "wall_s": round(time.perf_counter() - start, 1),
+                  "lifted_m": LIFTED, "over_lift_m": OVER_LIFT, "moved_m": MOVED, "still_m": STILL,
+                  "stalled_10": stalled, "wall_s": round(time.perf_counter() - start, 1),
                   "machine": platform.node() or "unknown", "date": time.strftime("%Y-%m-%d"),
                   "command": "python benchmarks/stack_outcomes.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   "episodes": episodes}

@@ -85,6 +85,9 @@ def test_push_classes(outcomes):
     assert outcomes.classify_push(False, "left", "left", True) == "pushed short"
     assert outcomes.nearest_side(np.array([0.01, 0.05])) == "left"
     assert outcomes.nearest_side(np.array([-0.04, 0.01])) == "front"
+    still = outcomes.STILL / 2
+    assert outcomes.still_steps([0.03, 0.03, still, still]) == 2
+    assert outcomes.still_steps([still, 0.03]) == 0 and outcomes.still_steps([]) == 0
 
 
 def test_push_expert_episode_moves_the_block_the_instructed_way(outcomes):
@@ -95,8 +98,10 @@ def test_push_expert_episode_moves_the_block_the_instructed_way(outcomes):
         ep = outcomes.run_push_episode(ExpertPolicy(env), env, 100000)
         assert ep["outcome"] == "success" and ep["first_side"] == ep["side"]
         assert ep["moved_along_side_m"] > 0.05
+        assert ep["still_at_end"] == 0
         still = outcomes.run_push_episode(StillPolicy(), env, 100001)
         assert still["outcome"] == "never moved" and still["first_side"] is None
+        assert still["still_at_end"] == still["steps"]
         assert still["steps"] == env.unwrapped.config.episode_steps
     finally:
         env.close()
