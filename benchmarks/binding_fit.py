@@ -8,8 +8,9 @@ Every batch is `--pairs` counterfactual pairs (sim/counterfactual.py) of stack d
 frame with its own instruction and action, and the same frame with the two colours swapped and the
 expert's action for that. Nothing else is trained, so the only way to lower the loss on a pair is
 to act on the named block. The model is `rlrc-train`'s from-scratch base-128 (or `--preset` with
-`--override` fields, to see which model dimensions bind) with the recipe's HL-Gauss targets, sine-cosine position init and 6-px shifts. Demos are split by frame row: the first
-85 % train, the rest are held out.
+`--override` fields, to see which model dimensions bind) with the recipe's HL-Gauss targets,
+sine-cosine position init and 6-px shifts. Demos are split by frame row: the first 85 % train, the
+rest are held out.
 
 Every `--every` steps, on 128 fixed training pairs and 128 held-out ones, the first two action
 tokens (dx, dy) are decoded greedily (teacher-forced) for both rows of a pair, and a row counts as
