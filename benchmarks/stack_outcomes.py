@@ -101,59 +101,76 @@ def nearest_side(displacement: np.ndarray) -> str:
     return max(SIDES, key=lambda name: float(np.dot(SIDES[name], displacement)))
 
 
-def run_push_episode(policy, env, seed: int) -> dict:
-    """Roll the policy out from `reset(seed)` on a push task; the episode's class and what it is based on."""
+class _PushWatch:
+    """Per step of a push episode: the side the block first moved to."""
+
+    def __init__(self, world) -> None:
+        self.start = np.array(world.body_pos(world.task.target), dtype=float)
+        self.first: str | None = None
+
+    def __call__(self, world) -> None:
+        shift = np.array(world.body_pos(world.task.target), dtype=float)[:2] - self.start[:2]
+        if self.first is None and float(np.linalg.norm(shift)) > MOVED:
+            self.first = nearest_side(shift)
+
+
+class _LiftWatch:
+    """Per step of a place/stack episode: which object rose first, and the target's highest rise."""
+
+    def __init__(self, world) -> None:
+        self.target_z0 = float(world.body_pos(world.task.target)[2])
+        self.goal_z0 = float(world.body_pos(world.task.goal)[2])
+        self.first: str | None = None
+        self.max_rise = 0.0
+
+    def __call__(self, world) -> None:
+        rise = float(world.body_pos(world.task.target)[2]) - self.target_z0
+        self.max_rise = max(self.max_rise, rise)
+        if self.first is None and rise > LIFTED:
+            self.first = "target"
+        elif self.first is None and float(world.body_pos(world.task.goal)[2]) - self.goal_z0 > LIFTED:
+            self.first = "goal"
+
+
+def rollout(policy, env, seed: int, make_watch):
+    """Roll the policy out from `reset(seed)` exactly as rlrc-eval steps it. `make_watch(world)` is built after
+    the reset and called with the world after every step. Returns (last obs, watch, steps, success,
+    `still_at_end`: 0 on success, else how many steps at the end moved the hand less than STILL)."""
     obs, _ = env.reset(seed=seed)
     world = env.unwrapped
-    task = world.task
-    start = np.array(world.body_pos(task.target), dtype=float)
-    first, success, moves = None, False, []
+    watch = make_watch(world)
+    success, moves = False, []
     for step in range(world.config.episode_steps):
         action = policy.infer(obs["image"], obs["instruction"], None).action
         hand = np.array(world.ee_pos, dtype=float)
         obs, _, terminated, truncated, info = env.step(to_env_action(action))
         moves.append(float(np.linalg.norm(np.asarray(world.ee_pos) - hand)))
-        shift = np.array(world.body_pos(task.target), dtype=float)[:2] - start[:2]
-        if first is None and float(np.linalg.norm(shift)) > MOVED:
-            first = nearest_side(shift)
+        watch(world)
         if terminated or truncated:
             success = bool(info.get("success", terminated))
             break
-    end = np.array(world.body_pos(task.target), dtype=float)
-    on_table = abs(float(end[2] - start[2])) < 0.01
-    moved = float(np.dot(SIDES[task.side], (end - start)[:2]))
-    return {"seed": seed, "instruction": obs["instruction"], "side": task.side, "steps": step + 1,
-            "success": success, "first_side": first, "moved_along_side_m": round(moved, 4),
-            "still_at_end": 0 if success else still_steps(moves),
-            "outcome": classify_push(success, first, task.side, on_table)}
+    return obs, watch, step + 1, success, 0 if success else still_steps(moves)
+
+
+def run_push_episode(policy, env, seed: int) -> dict:
+    """Roll the policy out from `reset(seed)` on a push task; the episode's class and what it is based on."""
+    obs, watch, steps, success, still = rollout(policy, env, seed, _PushWatch)
+    world = env.unwrapped
+    side = world.task.side
+    end = np.array(world.body_pos(world.task.target), dtype=float)
+    on_table = abs(float(end[2] - watch.start[2])) < 0.01
+    moved = float(np.dot(SIDES[side], (end - watch.start)[:2]))
+    return {"seed": seed, "instruction": obs["instruction"], "side": side, "steps": steps,
+            "success": success, "first_side": watch.first, "moved_along_side_m": round(moved, 4),
+            "still_at_end": still, "outcome": classify_push(success, watch.first, side, on_table)}
 
 
 def run_episode(policy, env, seed: int) -> dict:
     """Roll the policy out from `reset(seed)`; the episode's class and what it is based on."""
-    obs, _ = env.reset(seed=seed)
-    world = env.unwrapped
-    task = world.task
-    target_z0 = float(world.body_pos(task.target)[2])
-    goal_z0 = float(world.body_pos(task.goal)[2])
-    first, max_rise, success, moves = None, 0.0, False, []
-    for step in range(world.config.episode_steps):
-        action = policy.infer(obs["image"], obs["instruction"], None).action
-        hand = np.array(world.ee_pos, dtype=float)
-        obs, _, terminated, truncated, info = env.step(to_env_action(action))  # exactly as rlrc-eval steps
-        moves.append(float(np.linalg.norm(np.asarray(world.ee_pos) - hand)))
-        rise = float(world.body_pos(task.target)[2]) - target_z0
-        max_rise = max(max_rise, rise)
-        if first is None and rise > LIFTED:
-            first = "target"
-        elif first is None and float(world.body_pos(task.goal)[2]) - goal_z0 > LIFTED:
-            first = "goal"
-        if terminated or truncated:
-            success = bool(info.get("success", terminated))
-            break
-    return {"seed": seed, "instruction": obs["instruction"], "steps": step + 1, "success": success,
-            "first_lifted": first, "target_max_rise_m": round(max_rise, 4),
-            "still_at_end": 0 if success else still_steps(moves),
-            "outcome": classify(success, first, max_rise)}
+    obs, watch, steps, success, still = rollout(policy, env, seed, _LiftWatch)
+    return {"seed": seed, "instruction": obs["instruction"], "steps": steps, "success": success,
+            "first_lifted": watch.first, "target_max_rise_m": round(watch.max_rise, 4),
+            "still_at_end": still, "outcome": classify(success, watch.first, watch.max_rise)}
 
 
 def main(argv: list[str] | None = None) -> int:
