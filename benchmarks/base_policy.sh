@@ -15,7 +15,9 @@
 # when the run is the recipe itself (no variant option below).
 # Variants (how the attempts in docs/training.md differ from the recipe):
 #   SPLITS="id"                evaluates only the id split (what the reproduction check needs);
-#   TRAIN_EXTRA="--attn-sup 1.0"  adds rlrc-train options to the recipe's training;
+#   TRAIN_EXTRA="--attn-sup 1.0"  adds rlrc-train options to the recipe's training; with "--ema 0.999" the
+#                              weights of run/final stay the recipe's and run/final_ema (their moving
+#                              average) is evaluated too, as eval_ema_*;
 #   BIND_STEPS=1000            first trains that many steps on grounding questions alone about 1000
 #                              two-block (stack) scenes, with attention supervision, and starts the
 #                              recipe's training from that model (a binding pre-stage; 0 = none).
@@ -72,6 +74,11 @@ for split in ${SPLITS:-id ood id_clutter}; do
   if [ ! -f "$OUT/eval_${split}.json" ]; then
     $BIN/rlrc-eval --policy "$RUN/final" --split "$split" --episodes 100 --workers 2 \
       --json "$OUT/eval_${split}.json" --plot "$OUT/eval_${split}.png"
+  fi
+  # With --ema in TRAIN_EXTRA, the weight-averaged checkpoint too (eval_ema_*).
+  if [ -f "$RUN/final_ema/config.json" ] && [ ! -f "$OUT/eval_ema_${split}.json" ]; then
+    $BIN/rlrc-eval --policy "$RUN/final_ema" --split "$split" --episodes 100 --workers 2 \
+      --json "$OUT/eval_ema_${split}.json" --plot "$OUT/eval_ema_${split}.png"
   fi
   if [ "$RECIPE" = 1 ]; then
     cp "$OUT/eval_${split}.json" "benchmarks/results/eval_base_${split}.json"

@@ -100,6 +100,9 @@ class TrainConfig:
                                                               "for that (sim/counterfactual.py; our demo files only). 0 = off"})
     label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
                                                       "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
+    ema: float = field(default=0.0, metadata={"help": "decay of an exponential moving average of the weights, "
+                                          "written as final_ema/ beside final/; training itself is unchanged "
+                                          "(final/ is the same with or without it). 0 = off, e.g. 0.999"})
     save_every: int = field(default=500, metadata={"help": "write state + a checkpoint every N steps"})
     log_every: int = field(default=25, metadata={"help": "log metrics every N steps"})
     keep_checkpoints: int = field(default=2, metadata={"help": "periodic checkpoints kept (oldest deleted)"})
@@ -136,6 +139,8 @@ class TrainConfig:
         if self.attn_sup < 0 or self.attn_sup_layer < 0 or self.attn_sup_head < 0:
             raise ConfigError(f"--attn-sup={self.attn_sup}, --attn-sup-layer={self.attn_sup_layer} and "
                               f"--attn-sup-head={self.attn_sup_head} must be >= 0 (--attn-sup 0 = off)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"--ema={self.ema} must be in [0, 1) (0 = off; 0.999 averages over ~1000 steps)")
         if self.stop_after < 0:
             raise ConfigError(f"--stop-after={self.stop_after} must be >= 0")
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
@@ -469,6 +474,46 @@ class ActionLoss(nn.Module):
 # --------------------------------------------------------------------------- training loop
 
 
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights (Polyak averaging).
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after n updates, so the first steps
+    (far from anything worth averaging) are soon forgotten. It only reads the model: the training
+    run, and its ``final/`` checkpoint, are bit-identical with or without it.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        keep = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.detach(), 1.0 - keep)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+    def averaged_model(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` holding the averaged weights."""
+        import copy
+
+        avg = copy.deepcopy(model)
+        avg.load_state_dict(self.shadow)
+        return avg
+
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to min_lr_ratio at the last step."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -600,11 +645,14 @@ def train(cfg: TrainConfig) -> Path | None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     q_weights = query_weights(ds, cfg.ground_pair_weight)
     step = 0
+    ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     if resume:
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         step = int(state["step"])
         log.info("resumed from %s at step %d", state_path, step)
     if dist_info.main:
@@ -647,6 +695,8 @@ def train(cfg: TrainConfig) -> Path | None:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
             window.setdefault("losses/grad_norm", []).append(float(grad_norm))
             bar.update(1)
@@ -662,7 +712,7 @@ def train(cfg: TrainConfig) -> Path | None:
                 bar.set_postfix(loss=f"{row['losses/action_ce']:.3f}", acc=f"{row['metrics/action_accuracy']:.2f}")
             stopping = bool(cfg.stop_after) and step - start_step >= cfg.stop_after
             if dist_info.main and (step % cfg.save_every == 0 or step == cfg.steps or stopping):
-                _save_state(state_path, model, opt, sched, step)
+                _save_state(state_path, model, opt, sched, step, ema)
                 _save_periodic(out, model, config, tok_dir, step, cfg.keep_checkpoints)
     finally:
         bar.close()
@@ -676,6 +726,10 @@ def train(cfg: TrainConfig) -> Path | None:
     if dist_info.main:
         save_checkpoint(model, final, tokenizer_dir=tok_dir, config=config, overwrite=True)
         log.info("final checkpoint: %s", final)
+        if ema is not None:
+            save_checkpoint(ema.averaged_model(model), out / "final_ema", tokenizer_dir=tok_dir, config=config,
+                            overwrite=True)
+            log.info("weight-averaged checkpoint (--ema %g): %s", cfg.ema, out / "final_ema")
     _barrier(dist_info)
     return final
 
@@ -695,11 +749,14 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
         raise ConfigError(f"{out} holds a run with other settings ({details}); use another --out or the same flags")
 
 
-def _save_state(path: Path, model: OpenVLA, opt: torch.optim.Optimizer, sched: Any, step: int) -> None:
+def _save_state(path: Path, model: OpenVLA, opt: torch.optim.Optimizer, sched: Any, step: int,
+                ema: WeightAverage | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step}, tmp)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous state intact
 
 

@@ -148,6 +148,44 @@ def test_resume_with_other_settings_is_refused(demos, tmp_path):
         train(_cfg(demos, tmp_path / "c", ground_pair_weight=2.0))
 
 
+def test_ema_leaves_training_unchanged_and_averages_the_weights(demos, tmp_path):
+    plain = train(_cfg(demos, tmp_path / "plain", save_every=1, keep_checkpoints=4))
+    averaged = train(_cfg(demos, tmp_path / "ema", ema=0.9))
+    a, _ = load_model(plain)
+    b, _ = load_model(averaged)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name  # final/ is bit-identical with or without --ema
+    # final_ema/ is the average of the weights after each step, recomputed here from the periodic
+    # checkpoints of the plain run (decay ramp min(0.9, (1 + n) / (10 + n)) after n updates).
+    init = OpenVLA(a.config)
+    init_weights(init, seed=0, sincos_pos=True)
+    want = {k: v.clone() for k, v in init.state_dict().items()}
+    for n in range(1, 5):
+        step_model, _ = load_model(tmp_path / "plain" / "checkpoints" / f"step_{n:07d}") if n < 4 else (a, None)
+        keep = min(0.9, (1 + n) / (10 + n))
+        for k, v in step_model.state_dict().items():
+            want[k] = keep * want[k] + (1 - keep) * v
+    ema_model, info = load_model(tmp_path / "ema" / "final_ema")
+    assert "rlrc_sim_tabletop" in info.config.norm_stats
+    moved = 0
+    for k, v in ema_model.state_dict().items():
+        torch.testing.assert_close(v, want[k], rtol=1e-5, atol=1e-6, msg=k)
+        moved += int(not torch.equal(v, a.state_dict()[k]))
+    assert moved > 0  # the average is not just the last weights
+
+
+def test_ema_resumes_exactly(demos, tmp_path):
+    train(_cfg(demos, tmp_path / "a", ema=0.9))
+    assert train(_cfg(demos, tmp_path / "b", ema=0.9, stop_after=2)) is None
+    train(_cfg(demos, tmp_path / "b", ema=0.9))
+    a, _ = load_model(tmp_path / "a" / "final_ema")
+    b, _ = load_model(tmp_path / "b" / "final_ema")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    with pytest.raises(ConfigError, match="--ema=1.0"):
+        _cfg(demos, tmp_path / "c", ema=1.0)
+
+
 def test_fine_tune_from_a_checkpoint(demos, tmp_path, ckpt_factory):
     final = train(_cfg(demos, tmp_path / "sft", init=str(ckpt_factory("tiny-128")), steps=2))
     model, info = load_model(final)
