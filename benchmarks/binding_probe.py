@@ -15,7 +15,7 @@ and reports, per question, the share answered nearer the right object (0.5 = no 
 answers do not depend on the words) and the mean distance to the right object in cm. The seeds
 (default from 700000) are disjoint from the demo seeds of `benchmarks/base_policy.sh` (0.., 50000..)
 and from `rlrc-eval`'s (100000..). The answer uses the first two tokens (table x, y).
-Reading: benchmarks/results/eval_base_id.md.
+Reading: benchmarks/results/eval_base_attempt9_id.md.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ reset seeds) and puts every episode in one class. Place and stack, by which obje
     lifted target, failed place  everything else: the target was carried but not put down right
 
 "Rose" means the body's centre went LIFTED m above where it started. Reading of the numbers:
-benchmarks/results/eval_base_attempt7_id.md and eval_base_id.md.
+benchmarks/results/eval_base_attempt7_id.md and eval_base_attempt9_id.md.
 
 Push (`--family push`), by the way the block first moved (the side whose direction is nearest its
 displacement once that passes MOVED m):
@@ -30,6 +30,12 @@ displacement once that passes MOVED m):
 Every failed episode also records `still_at_end`: how many steps at its end moved the hand less than
 STILL m each. A policy that stalls (holds still, the frame stays the same, so does the action) shows a
 long run of them; the summary line counts failed episodes that end with 10 or more.
+
+Place and stack episodes also record where the target ended: `end_offset_m` (its centre's distance
+in the table plane from the goal's), `end_height_m` (its centre above where it would rest on the
+goal) and `held_at_end` (both fingers on it). A "lifted target, failed place" episode that ends held,
+within HOVER_OFFSET of the goal and lower than HOVER_HEIGHT above its resting place carried the block
+to the goal and never let go; the summary counts those.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlrc_runtime import load_policy  # noqa: E402
-from sim import make_env  # noqa: E402
+from sim import make_env, scene  # noqa: E402
 from sim.evaluate import to_env_action  # noqa: E402
 from sim.tasks import SIDES  # noqa: E402
 
@@ -58,6 +64,10 @@ MOVED = 0.02
 """m a pushed block's centre must move (in the table plane) before its direction is read."""
 STILL = 0.002
 """m per step under which the hand counts as holding still (`still_at_end`: such steps that end a failed episode)."""
+HOVER_OFFSET = 0.025
+"""m (table plane) from the goal within which a held target counts as over it (stack's success radius)."""
+HOVER_HEIGHT = 0.03
+"""m above its resting place on the goal under which a held target counts as put down but not let go."""
 
 
 def still_steps(moves: list[float]) -> int:
@@ -168,9 +178,28 @@ def run_push_episode(policy, env, seed: int) -> dict:
 def run_episode(policy, env, seed: int) -> dict:
     """Roll the policy out from `reset(seed)`; the episode's class and what it is based on."""
     obs, watch, steps, success, still = rollout(policy, env, seed, _LiftWatch)
+    world = env.unwrapped
+    target = np.array(world.body_pos(world.task.target), dtype=float)
+    goal = np.array(world.body_pos(world.task.goal), dtype=float)
     return {"seed": seed, "instruction": obs["instruction"], "steps": steps, "success": success,
             "first_lifted": watch.first, "target_max_rise_m": round(watch.max_rise, 4),
-            "still_at_end": still, "outcome": classify(success, watch.first, watch.max_rise)}
+            "still_at_end": still, "end_offset_m": round(float(np.hypot(*(target - goal)[:2])), 4),
+            "end_height_m": round(float(target[2]) - resting_z(world), 4),
+            "held_at_end": world.pinched(world.task.target),
+            "outcome": classify(success, watch.first, watch.max_rise)}
+
+
+def resting_z(world) -> float:
+    """Height of the target's centre when it rests on the goal (a plate for place, a block for stack)."""
+    if world.config.family == "stack":
+        return float(world.body_pos(world.task.goal)[2]) + 2 * scene.BLOCK_HALF
+    return scene.PLATE_TOP + scene.BLOCK_HALF
+
+
+def held_over_goal(episode: dict) -> bool:
+    """A failed place/stack episode that ends with the target held just above the goal (never let go)."""
+    return (not episode["success"] and episode["held_at_end"] and episode["end_offset_m"] < HOVER_OFFSET
+            and episode["end_height_m"] < HOVER_HEIGHT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,11 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{outcome:<{width}}  {n:4d}/{len(episodes)}")
     stalled = sum(e["still_at_end"] >= 10 for e in episodes)
     print(f"failed episodes that end with the hand still for 10+ steps: {stalled}/{len(episodes)}")
+    hovering = None
+    if args.family != "push":
+        hovering = sum(held_over_goal(e) for e in episodes)
+        print(f"failed episodes that end holding the target just over the goal: {hovering}/{len(episodes)}")
     if args.json:
         report = {"schema": "rlrc-place-outcomes/1", "policy": args.policy, "family": args.family,
                   "split": args.split, "seed": args.seed, "counts": dict(counts.most_common()),
                   "lifted_m": LIFTED, "over_lift_m": OVER_LIFT, "moved_m": MOVED, "still_m": STILL,
-                  "stalled_10": stalled, "wall_s": round(time.perf_counter() - start, 1),
+                  "stalled_10": stalled, "held_over_goal": hovering, "hover_offset_m": HOVER_OFFSET,
+                  "hover_height_m": HOVER_HEIGHT, "wall_s": round(time.perf_counter() - start, 1),
                   "machine": platform.node() or "unknown", "date": time.strftime("%Y-%m-%d"),
                   "command": "python benchmarks/stack_outcomes.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   "episodes": episodes}

@@ -34,6 +34,11 @@ def rows() -> list[str]:
             who = f"base policy {attempt.group(0).replace('attempt', 'attempt ')}"
             if "diagnostic" in d:  # an experiment on that checkpoint, not its shipped decoding
                 who += f" (diagnostic: {d['diagnostic']['decoding']})"
+            if "variant" in d:  # another checkpoint of that run (e.g. its weight average)
+                who += f" ({d['variant']})"
+            tag = path.stem[attempt.end():].removesuffix("_" + d["split"]).strip("_")
+            if tag and "variant" not in d and "diagnostic" not in d:  # e.g. a rerun: eval_base_attempt9_repro_id
+                who += f" ({tag.replace('_', ' ')})"
         elif path.stem.startswith("eval_base_recipe_"):  # the recipe rerun elsewhere (another host type)
             who = f"base policy, current recipe rerun (`{path.stem}.md`)"
         elif path.stem.startswith("eval_base_") and "bundle" not in path.stem:

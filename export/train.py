@@ -11,6 +11,7 @@ state continues exactly as if it had never stopped.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -506,12 +507,9 @@ class WeightAverage:
 
     def averaged_model(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` holding the averaged weights."""
-        import copy
-
         avg = copy.deepcopy(model)
         avg.load_state_dict(self.shadow)
         return avg
-
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

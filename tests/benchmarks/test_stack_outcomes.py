@@ -59,11 +59,25 @@ def test_expert_episode_is_a_success_that_lifts_the_target_first(outcomes, famil
         ep = outcomes.run_episode(ExpertPolicy(env), env, 100000)
         assert ep["outcome"] == "success" and ep["first_lifted"] == "target"
         assert outcomes.LIFTED < ep["target_max_rise_m"] < outcomes.OVER_LIFT
+        # Put down on the goal and let go: resting where the success test wants it, fingers off.
+        assert ep["end_offset_m"] < 0.025 and abs(ep["end_height_m"]) < 0.006 and not ep["held_at_end"]
         still = outcomes.run_episode(StillPolicy(), env, 100001)
         assert still["outcome"] == "never lifted target" and not still["success"]
+        # The target still lies on the table where it started, beside the goal and below its resting place.
+        assert still["end_offset_m"] > 0.04 and still["end_height_m"] < 0 and not still["held_at_end"]
+        assert not outcomes.held_over_goal(still)
         assert still["steps"] == env.unwrapped.config.episode_steps
     finally:
         env.close()
+
+
+def test_held_over_goal(outcomes):
+    ep = {"success": False, "held_at_end": True, "end_offset_m": 0.01, "end_height_m": 0.012}
+    assert outcomes.held_over_goal(ep)
+    assert not outcomes.held_over_goal({**ep, "success": True})
+    assert not outcomes.held_over_goal({**ep, "held_at_end": False})
+    assert not outcomes.held_over_goal({**ep, "end_offset_m": 0.03})
+    assert not outcomes.held_over_goal({**ep, "end_height_m": 0.05})
 
 
 def test_json_report_from_a_checkpoint(outcomes, ckpt_factory, tmp_path):
