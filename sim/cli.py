@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset-name", default=DEFAULT_DATASET_NAME, help="norm_stats key stored in the file")
     d.add_argument("--action-noise", type=float, default=0.0,
                    help="DART: noise on executed actions as a fraction of the step limits; labels stay clean")
+    d.add_argument("--drop-prob", type=float, default=0.0,
+                   help="share of pick/place/stack episodes whose executed gripper is forced open after the grasp "
+                        "(labels stay the expert's, which grasps again): demos of recovering a dropped block")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     n = sub.add_parser("norm-stats", help="OpenVLA-style norm_stats of a demo file (ours or LIBERO)")
@@ -60,7 +63,7 @@ def _cmd_demos(args: argparse.Namespace) -> int:
         suite=args.suite, episodes=args.episodes, families=tuple(args.families), split=args.split,
         seed=args.seed, image_size=args.image_size, workers=args.workers, max_attempts=args.max_attempts,
         compression=None if args.compression == "none" else args.compression, dataset_name=args.dataset_name,
-        action_noise=args.action_noise,
+        action_noise=args.action_noise, drop_prob=args.drop_prob,
     )
     summary = write_demos(config, args.out, progress=not args.no_progress)
     # The resolved config and the outcome travel next to the data.

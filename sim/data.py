@@ -82,13 +82,26 @@ class Episode:
 _ENV_CACHE: dict[tuple[str, str, int], Any] = {}
 
 
-def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128, action_noise: float = 0.0) -> Episode:
+DROP_WINDOW = 8
+"""With `drop_prob`: the forced opening starts 0..DROP_WINDOW-1 steps into the lift/carry phases."""
+DROP_STEPS = 3
+"""With `drop_prob`: how many steps the executed gripper is held open."""
+
+
+def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128, action_noise: float = 0.0,
+                       drop_prob: float = 0.0) -> Episode:
     """Roll out the family's scripted expert once from `reset(seed=seed)` and record everything.
 
     With `action_noise` > 0 the env executes the expert's action plus Gaussian noise (std =
     `action_noise` times the per-step translation/rotation limits; the gripper is untouched) while
     the file records the expert's clean action (DART): the closed-loop expert then demonstrates how
     to recover from the small errors a learned policy makes, which plain demos never show.
+
+    With `drop_prob` > 0, in that share of pick/place/stack episodes (drawn from the seed) the env
+    executes "open" for DROP_STEPS steps soon after the grasp while the file records the expert's
+    "closed": the block falls, and the expert (which sees it has lost the block) goes back and grasps
+    it again. Trained base policies that dropped a block in transit never went back for it
+    (benchmarks/results/eval_base_id.md); the drop-free demos never show a re-grasp.
     """
     from sim.env import MAX_ROTATION, MAX_TRANSLATION
     from sim.env import make_env
@@ -103,6 +116,10 @@ def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128
     expert.reset()
     noise_rng = np.random.default_rng([seed, 0xDA27])
     noise_scale = action_noise * np.array([MAX_TRANSLATION] * 3 + [MAX_ROTATION] * 3 + [0.0])
+    drop_rng = np.random.default_rng([seed, 0xD209])
+    drop_after = (int(drop_rng.integers(DROP_WINDOW)) if family != "push" and drop_rng.random() < drop_prob
+                  else None)  # steps into lift/carry before the forced opening; None = no drop
+    held, forced = 0, 0
     images, actions, rewards, dones, ee_pos, ee_ori, grip, proprio = [], [], [], [], [], [], [], []
     success = False
     while True:
@@ -113,7 +130,11 @@ def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128
         ee_ori.append(env.ee_euler)
         grip.append(env.finger_qpos)
         actions.append(action)
-        executed = action + noise_scale * noise_rng.standard_normal(7) if action_noise else action
+        executed = action + noise_scale * noise_rng.standard_normal(7) if action_noise else action.copy()
+        if drop_after is not None and forced < DROP_STEPS:
+            held += expert.phase in ("lift", "carry")
+            if held > drop_after:
+                executed[6], forced = 1.0, forced + 1
         obs, reward, terminated, truncated, _ = env.step(executed.astype(np.float32))
         rewards.append(reward)
         dones.append(terminated or truncated)
@@ -129,7 +150,7 @@ def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128
     )
 
 
-def _run_job(job: tuple[str, str, int, int, float]) -> Episode:
+def _run_job(job: tuple[str, str, int, int, float, float]) -> Episode:
     return run_expert_episode(*job)
 
 
@@ -159,10 +180,15 @@ class DemoConfig:
     """Key of this dataset in norm_stats (stored as data.attrs["dataset_name"])."""
     action_noise: float = 0.0
     """DART noise on executed actions, as a fraction of the per-step limits (labels stay clean); 0 = off."""
+    drop_prob: float = 0.0
+    """Share of grasping episodes in which the executed gripper is forced open after the grasp (labels stay
+    the expert's, which grasps again; see `run_expert_episode`); 0 = off."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.action_noise <= 1.0:
             raise SimConfigError(f"DemoConfig.action_noise={self.action_noise!r}: expected a fraction in [0, 1]")
+        if not 0.0 <= self.drop_prob <= 1.0:
+            raise SimConfigError(f"DemoConfig.drop_prob={self.drop_prob!r}: expected a probability in [0, 1]")
         if self.suite != "tabletop":
             raise unknown_name("suite", self.suite, ("tabletop",))
         if not self.families:
@@ -208,7 +234,7 @@ class DemoSummary:
 def iter_expert_episodes(config: DemoConfig) -> Iterator[Episode]:
     """Expert rollouts (successful or not) in attempt order, using `config.workers` processes."""
     jobs = [(config.families[i % len(config.families)], config.split, config.seed + i, config.image_size,
-             config.action_noise) for i in range(config.attempts)]
+             config.action_noise, config.drop_prob) for i in range(config.attempts)]
     if config.workers == 1:
         for job in jobs:
             yield _run_job(job)

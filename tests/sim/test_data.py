@@ -207,8 +207,9 @@ def test_failed_rollouts_are_discarded_and_counted(tmp_path: Path, monkeypatch: 
 
     real = sim.data.run_expert_episode
 
-    def every_other_fails(family: str, split: str, seed: int, image_size: int = 128, action_noise: float = 0.0):
-        episode = real(family, split, seed, image_size, action_noise)  # a real rollout; only its verdict is overridden
+    def every_other_fails(family: str, split: str, seed: int, image_size: int = 128, action_noise: float = 0.0,
+                          drop_prob: float = 0.0):
+        episode = real(family, split, seed, image_size, action_noise, drop_prob)  # real; only its verdict is overridden
         return dataclasses.replace(episode, success=episode.success and seed % 2 == 0)
 
     monkeypatch.setattr(sim.data, "run_expert_episode", every_other_fails)
@@ -236,3 +237,23 @@ def test_dart_noise_records_clean_expert_actions(tmp_path):
     assert np.all(np.abs(noisy.actions[:, :3]) <= 0.03 + 1e-6)  # expert actions, within the step limit
     again = run_expert_episode("pick", "id", 3, 32, action_noise=0.3)
     np.testing.assert_array_equal(again.actions, noisy.actions)  # noise is seeded by the episode seed
+
+
+@pytest.mark.parametrize("family", ["place", "stack"])
+def test_forced_drop_records_the_expert_grasping_again(family):
+    # The executed gripper opens after the grasp; the labels stay the expert's: "closed" while it held
+    # the block, then an approach with open fingers, then a second close.
+    plain = run_expert_episode(family, "id", 0, 32)
+    dropped = run_expert_episode(family, "id", 0, 32, drop_prob=1.0)
+    assert plain.success and dropped.success
+    closes = lambda ep: int(np.sum((ep.actions[:-1, 6] > 0.5) & (ep.actions[1:, 6] < 0.5)))  # noqa: E731
+    assert closes(plain) == 1 and closes(dropped) == 2
+    assert len(dropped.actions) > len(plain.actions)
+    # Both runs are the same episode until after the grasp: the opening is forced only once the block is held.
+    n = len(plain.actions)
+    first_diff = int(np.argmax(np.any(dropped.actions[:n] != plain.actions, axis=1)))
+    assert first_diff > int(np.argmax(plain.actions[:, 6] < 0.5)) + 1
+    assert run_expert_episode("push", "id", 1, 32, drop_prob=1.0).actions.shape == \
+        run_expert_episode("push", "id", 1, 32).actions.shape  # push has no grasp to drop
+    with pytest.raises(SimConfigError, match="drop_prob"):
+        DemoConfig(drop_prob=1.5)
