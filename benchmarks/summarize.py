@@ -39,8 +39,6 @@ def rows() -> list[str]:
             tag = path.stem[attempt.end():].removesuffix("_" + d["split"]).strip("_")
             if tag and "variant" not in d and "diagnostic" not in d:  # e.g. a rerun: eval_base_attempt9_repro_id
                 who += f" ({tag.replace('_', ' ')})"
-        elif path.stem.startswith("eval_base_recipe_"):  # the recipe rerun elsewhere (another host type)
-            who = f"base policy, current recipe rerun (`{path.stem}.md`)"
         elif path.stem.startswith("eval_base_") and "bundle" not in path.stem:
             who = "base policy (current recipe, `eval_base_id.md`)"
         else:
