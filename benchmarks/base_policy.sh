@@ -20,7 +20,16 @@
 #                              average) is evaluated too, as eval_ema_*;
 #   BIND_STEPS=1000            first trains that many steps on grounding questions alone about 1000
 #                              two-block (stack) scenes, with attention supervision, and starts the
-#                              recipe's training from that model (a binding pre-stage; 0 = none).
+#                              recipe's training from that model (a binding pre-stage; 0 = none);
+#   PAIR_STEPS=800             first trains that many steps on counterfactual stack pairs (95 % of each batch:
+#                              a frame with its instruction, and the same frame with the colours swapped and
+#                              the expert's action for that) with --attn-role, at a flat learning rate, and
+#                              starts the recipe's training from that model (benchmarks/binding_fit.py's
+#                              setting, the first in which the action followed the colour words:
+#                              benchmarks/results/binding_fit_stack.md; 0 = none; not with BIND_STEPS);
+#   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
+#                              gripper opening after the grasp in half of its pick/place/stack episodes, and
+#                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -28,17 +37,29 @@ export MUJOCO_GL=${MUJOCO_GL:-egl}
 OUT=${1:-artifacts/base_policy}
 BIND_STEPS=${BIND_STEPS:-0}
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
+DROP_PROB=${DROP_PROB:-0}
+PAIR_STEPS=${PAIR_STEPS:-0}
+if [ "$PAIR_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
+  echo "base_policy.sh: set BIND_STEPS or PAIR_STEPS, not both (each is a stage the recipe starts from)" >&2
+  exit 2
+fi
 BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 RECIPE=1
-[ -z "$TRAIN_EXTRA" ] && [ "$BIND_STEPS" = 0 ] || RECIPE=0
+[ -z "$TRAIN_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] || RECIPE=0
+DART=demos_id_dart_2000.hdf5
+DROP=()
+if [ "$DROP_PROB" != 0 ]; then
+  DART=demos_id_dart_drop${DROP_PROB}_2000.hdf5
+  DROP=(--drop-prob "$DROP_PROB")
+fi
 
 t0=$(date +%s)
 [ -f "$OUT/demos_id_2000.hdf5" ] || $BIN/rlrc-sim demos --episodes 2000 --out "$OUT/demos_id_2000.hdf5" \
   --workers 2 --seed 0
-[ -f "$OUT/demos_id_dart_2000.hdf5" ] || $BIN/rlrc-sim demos --episodes 2000 \
-  --out "$OUT/demos_id_dart_2000.hdf5" --workers 2 --seed 50000 --action-noise 0.3
-if [ "$BIND_STEPS" != 0 ] && [ ! -f "$OUT/demos_stack_1000.hdf5" ]; then
+[ -f "$OUT/$DART" ] || $BIN/rlrc-sim demos --episodes 2000 \
+  --out "$OUT/$DART" --workers 2 --seed 50000 --action-noise 0.3 "${DROP[@]}"
+if { [ "$BIND_STEPS" != 0 ] || [ "$PAIR_STEPS" != 0 ]; } && [ ! -f "$OUT/demos_stack_1000.hdf5" ]; then
   $BIN/rlrc-sim demos --episodes 1000 --families stack --out "$OUT/demos_stack_1000.hdf5" --workers 2 --seed 800000
 fi
 [ -f "$OUT/wall_time.txt" ] || echo "demos wall time: $(( $(date +%s) - t0 )) s" | tee "$OUT/wall_time.txt"
@@ -56,12 +77,23 @@ if [ "$BIND_STEPS" != 0 ]; then
   fi
   INIT=(--init "$OUT/bind/final")
 fi
+if [ "$PAIR_STEPS" != 0 ]; then
+  if [ ! -f "$OUT/pairs/final/config.json" ]; then
+    start=$(date +%s)
+    $BIN/rlrc-train --data "$OUT/demos_stack_1000.hdf5" --out "$OUT/pairs" --dataset-key stack_pairs \
+      --preset base-128 --steps "$PAIR_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --min-lr-ratio 1 \
+      --label-sigma 2 --pos-init sincos --counterfactual-frac 0.95 --attn-role 1.0 --save-every 200 --log-every 50 \
+      --keep-checkpoints 2
+    echo "pair stage wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
+  fi
+  INIT=(--init "$OUT/pairs/final")
+fi
 
 RUN="$OUT/run"
 if [ ! -f "$RUN/final/config.json" ]; then
   start=$(date +%s)
   # shellcheck disable=SC2086  # TRAIN_EXTRA is a list of options
-  $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/demos_id_dart_2000.hdf5" --out "$RUN" "${INIT[@]}" \
+  $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/$DART" --out "$RUN" "${INIT[@]}" \
     --preset base-128 --steps 6400 --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
     --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3 $TRAIN_EXTRA
   echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"

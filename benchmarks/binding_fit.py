@@ -3,6 +3,7 @@
     python benchmarks/binding_fit.py --data artifacts/attempt13/demos_stack_1000.hdf5 \
         [--steps 800 --every 100 --pairs 32 --lr 7e-4] [--json benchmarks/results/binding_fit.json]
         [--preset base-128 --override '{"hidden_size": 256, "head_dim": 64}' --embed-std 0.5]
+        [--attn-sup 1.0] [--attn-role 1.0]
 
 Every batch is `--pairs` counterfactual pairs (sim/counterfactual.py) of stack demos: an untouched
 frame with its own instruction and action, and the same frame with the two colours swapped and the
@@ -20,6 +21,12 @@ right when they are nearer (L1, in bins) its own label than the other row's:
     both            share of pairs right under both (the action follows the words)
 
 A model that ignores the words gives the same tokens for both rows: own + swapped near 1, both near 0.
+
+`--attn-sup` and `--attn-role` add rlrc-train's attention terms (export/attn_sup.py): colour word -> patches
+of that colour (the first hop), and the position predicting the first action token -> the patches of the
+block to move (head 0 of layer 1) and of the block it goes on. Each row of a pair gets its own roles (the
+swapped row's are the recorded ones reversed). With the second term the attention is handed the answer,
+so what is left to learn is reading the attended block's position into the action.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from export.attn_sup import AttentionSupervision, RoleSupervision  # noqa: E402
 from export.model import OpenVLA, init_weights  # noqa: E402
 from export.tiny import get_preset, preset_config  # noqa: E402
 from export.tokenizer_gen import write_tokenizer  # noqa: E402
@@ -91,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one-colour", action="store_true",
                     help="diagnostic: replace the second colour word of every instruction by 'other' ('stack the red "
                          "block on the other block'), so binding is one colour lookup with no word order to read")
+    ap.add_argument("--attn-sup", type=float, default=0.0,
+                    help="weight of rlrc-train's --attn-sup term (colour word -> patches of that colour); 0 = off")
+    ap.add_argument("--attn-role", type=float, default=0.0,
+                    help="weight of rlrc-train's --attn-role term (first action position -> the block to move and "
+                         "the block it goes on, each row of a pair with its own roles); 0 = off")
     ap.add_argument("--json", help="write the scores here")
     args = ap.parse_args(argv)
     if min(args.steps, args.every, args.pairs) < 1:
@@ -109,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         write_tokenizer(Path(tok_dir), model_max_length=config.llm.max_position_embeddings)
         tokenizer = PromptTokenizer.from_dir(tok_dir)
     actions = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
-    ds = load_dataset([args.data], transform, tokenizer, actions, None, None, counterfactuals=True)
+    ds = load_dataset([args.data], transform, tokenizer, actions, None, None, counterfactuals=True,
+                      roles=args.attn_role > 0)
     if args.one_colour:
         ds.instructions = [one_colour(t) for t in ds.instructions]
         ds.prompts = [tokenizer(t) for t in ds.instructions]
@@ -122,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     probe = {"train": rng.choice(train_pairs, min(128, len(train_pairs)), replace=False),
              "held_out": rng.choice(test_pairs, min(128, len(test_pairs)), replace=False)}
     print(f"{len(train_pairs)} training pairs, {len(test_pairs)} held out", flush=True)
-    loss_fn = ActionLoss(model, (actions.first_action_token, actions.vocab_size), label_sigma=2.0)
+    attn_sup = AttentionSupervision(model, transform, tokenizer) if args.attn_sup > 0 else None
+    attn_role = RoleSupervision(model, transform) if args.attn_role > 0 else None
+    loss_fn = ActionLoss(model, (actions.first_action_token, actions.vocab_size), 2.0, attn_sup, args.attn_sup,
+                         attn_role, args.attn_role)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
     rows, t0 = [], time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -133,16 +150,18 @@ def main(argv: list[str] | None = None) -> int:
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / 100)
         opt.zero_grad(set_to_none=True)
-        loss, _ = loss_fn(batch)
+        loss, stats = loss_fn(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % args.every == 0 or step == args.steps:
-            row = {"step": step, "loss": round(float(loss.detach()), 4),
+            row = {"step": step, "loss": round(float(stats["losses/action_ce"]), 4),
+                   **{k.split("/")[1]: round(float(v), 4) for k, v in stats.items() if k.startswith("losses/attn")},
                    **{name: pair_scores(model, ds, transform, sel) for name, sel in probe.items()},
                    "wall_s": round(time.perf_counter() - t0, 1)}
             rows.append(row)
-            print(f"step {step}: loss {row['loss']:.3f}  " + "  ".join(
+            terms = "".join(f"{k} {row[k]:.3f}  " for k in ("attn_sup", "attn_role") if k in row)
+            print(f"step {step}: loss {row['loss']:.3f}  {terms}" + "  ".join(
                 f"{name} own {s['own']:.2f} swapped {s['swapped']:.2f} both {s['both']:.2f}"
                 for name, s in ((n, row[n]) for n in probe)), flush=True)
     if args.json:

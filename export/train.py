@@ -192,6 +192,8 @@ class ActionDataset:
     cf_prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C] into prompts
     cf_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.int64))  # [C, D]
     cf_weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # [C]
+    # Roles (as step_roles) of each counterfactual's swapped instruction; filled with step_roles.
+    cf_roles: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # [C, 2]
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -239,7 +241,7 @@ def load_dataset(
     offset = 0
     q_image, q_prompt, q_answer, q_pair, q_names = [], [], [], [], {}
     step_roles: list[np.ndarray] = []
-    cf_image, cf_instr, cf_action, cf_family = [], [], [], []
+    cf_image, cf_instr, cf_action, cf_family, cf_roles = [], [], [], [], []
     for path in files:
         with DemoReader(path) as reader:
             key = dataset_key or reader.dataset_name
@@ -254,14 +256,19 @@ def load_dataset(
                         q_prompt.append(q_names.setdefault(q.name, len(q_names)))
                         q_answer.append(q.answer)
                         q_pair.append(n_objects >= 2)
-                if roles:
-                    step_roles.append(np.tile(_demo_roles(reader, demo), (len(demo), 1)))
+                demo_roles = _demo_roles(reader, demo) if roles else None
+                if demo_roles is not None:
+                    step_roles.append(np.tile(demo_roles, (len(demo), 1)))
                 if counterfactuals:
                     for cf, family in _demo_counterfactuals(reader, demo):
                         cf_image.append(offset + cf.frame)
                         cf_instr.append(names.setdefault(cf.instruction, len(names)))
                         cf_action.append(cf.action)
                         cf_family.append(family)
+                        if demo_roles is not None:
+                            # A swapped stack instruction moves the other block onto this one; a swapped push
+                            # instruction moves the same block to another side.
+                            cf_roles.append(demo_roles[::-1] if family == "stack" else demo_roles)
                 offset += len(demo)
                 idx = names.setdefault(demo.instruction, len(names))
                 images.append(np.stack([transform.resize(im) for im in demo.images]))
@@ -312,6 +319,7 @@ def load_dataset(
         cf_tokens=(action_tokenizer.encode(stats.normalize(np.asarray(cf_action).reshape(-1, acts.shape[1])))
                    .astype(np.int64)),
         cf_weight=cf_weight,
+        cf_roles=np.asarray(cf_roles, np.int64).reshape(-1, 2),
     )
 
 
@@ -399,6 +407,10 @@ def make_batch(ds: ActionDataset, idx: np.ndarray, transform: ImageTransform, nu
     roles = np.full((len(samples), 2), -1, np.int64)  # grounding questions have no roles
     if len(ds.step_roles):
         roles[: len(idx)] = ds.step_roles[np.asarray(idx, np.int64)]
+        if cf_idx is not None and len(cf_idx):  # each pair: the frame's own roles, then its swapped instruction's
+            c = np.asarray(cf_idx, np.int64)
+            pair = np.stack([ds.step_roles[ds.cf_image[c]], ds.cf_roles[c]], axis=1)  # [P, 2, 2]
+            roles[len(samples) - 2 * len(c):] = pair.reshape(-1, 2)
     return Batch(torch.cat(planes, dim=1), torch.from_numpy(ids), torch.tensor(rows), torch.tensor(pos),
                  torch.tensor(labels), torch.tensor(is_action), torch.tensor(query_pos), torch.from_numpy(roles))
 

@@ -19,3 +19,4 @@ def test_bad_override_is_a_usage_error(binding_fit, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         binding_fit.main(["--data", str(tmp_path / "x.hdf5"), "--override", '{"no_such_field": 1}'])
     assert exc.value.code == 2 and "--override" in capsys.readouterr().err
+

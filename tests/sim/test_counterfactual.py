@@ -117,6 +117,35 @@ def test_counterfactual_pairs_in_a_batch(demos, tmp_path):
     assert (ds.cf_tokens[stack_rows, :2] != ds.tokens[ds.cf_image[stack_rows], :2]).any()
 
 
+def test_pair_rows_carry_the_roles_of_their_own_instruction(demos, tmp_path):
+    """--attn-role on counterfactual pairs: each row's roles are the colours its own instruction names."""
+    from sim.tasks import COLOURS
+
+    write_tokenizer(tmp_path)
+    tok = PromptTokenizer.from_dir(tmp_path)
+    config = preset_config(PRESETS["tiny-128"], norm_stats={})
+    transform = ImageTransform.from_config(config)
+    ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, counterfactuals=True, roles=True)
+    assert ds.cf_roles.shape == (len(ds.cf_image), 2)
+    cf = np.arange(len(ds.cf_image))
+    batch = make_batch(ds, np.array([0, 1]), transform, config.num_patches, 32000, 2, cf_idx=cf)
+    palette = list(COLOURS)
+    assert batch.roles[:2].tolist() == ds.step_roles[[0, 1]].tolist()
+    n_stack = 0
+    for k, c in enumerate(cf):
+        for row, prompt in ((2 + 2 * k, ds.instruction_index[ds.cf_image[c]]), (3 + 2 * k, ds.cf_prompt[c])):
+            words = ds.instructions[prompt].split()
+            named = [palette.index(w) for w in words if w in palette]
+            target, goal = batch.roles[row].tolist()
+            assert target == named[0]  # stack and push both name the block to move first
+            if len(named) == 2:  # stack: the block it goes on is the second colour
+                assert goal == named[1]
+                n_stack += 1
+            else:
+                assert goal == -1
+    assert n_stack > 0 and n_stack < 2 * len(cf)  # both families are in the fixture
+
+
 def test_counterfactual_option_checks(tmp_path):
     with pytest.raises(ConfigError, match="--counterfactual-frac"):
         TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.5, counterfactual_frac=0.5)

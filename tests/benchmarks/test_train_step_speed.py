@@ -1,0 +1,41 @@
+"""benchmarks/train_step_speed.py: every mode trains the same step (the losses agree), and the report's schema."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def speed(load_script):
+    return load_script("train_step_speed")
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    from sim.data import DemoConfig, write_demos
+
+    out = tmp_path_factory.mktemp("speed") / "demos.hdf5"
+    write_demos(DemoConfig(episodes=4, families=("pick", "stack"), image_size=64, seed=3), out, progress=False)
+    return out
+
+
+def test_modes_train_the_same_step_and_report_it(speed, demos, tmp_path):
+    out = tmp_path / "speed.json"
+    assert speed.main(["--data", str(demos), "--steps", "1", "--warmup", "2", "--modes", "eager,sdpa_math",
+                       "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    eager, math_ = report["rows"]
+    assert (eager["mode"], math_["mode"]) == ("eager", "sdpa_math")
+    # Another attention kernel is a speed option only if it computes the same training step.
+    assert eager["final_loss"] == pytest.approx(math_["final_loss"], rel=1e-3)
+    assert all(r["steps_per_s"] > 0 and r["samples_per_s"] == pytest.approx(64 * r["steps_per_s"]) for r in report["rows"])
+    shares = eager["profile"]
+    assert "aten::mm" in shares and 0 < sum(shares.values()) <= 1.0 + 1e-6
+    assert "profile" not in math_
+
+
+def test_an_unknown_mode_is_a_usage_error(speed, demos, capsys):
+    with pytest.raises(SystemExit) as exc:
+        speed.main(["--data", str(demos), "--modes", "eager,jit"])
+    assert exc.value.code == 2 and "jit" in capsys.readouterr().err
