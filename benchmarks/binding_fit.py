@@ -21,6 +21,9 @@ right when they are nearer (L1, in bins) its own label than the other row's:
     both            share of pairs right under both (the action follows the words)
 
 A model that ignores the words gives the same tokens for both rows: own + swapped near 1, both near 0.
+dy is predicted after the *label's* dx (teacher forcing), so dx_own / dx_swapped / dx_both score the first
+token alone, on the pairs whose dx labels differ. `--score CHECKPOINT` scores a trained checkpoint (e.g. a
+`PAIR_STEPS` stage of benchmarks/base_policy.sh) the same way, without training.
 
 `--attn-sup` and `--attn-role` add rlrc-train's attention terms (export/attn_sup.py): colour word -> patches
 of that colour (the first hop), and the position predicting the first action token -> the patches of the
@@ -80,7 +83,40 @@ def pair_scores(model: OpenVLA, ds: ActionDataset, transform: ImageTransform, pa
     dist = lambda a, b: np.abs(a - b).sum(1)  # noqa: E731
     own = dist(p[0::2], lab[0::2]) < dist(p[0::2], lab[1::2])
     swapped = dist(p[1::2], lab[1::2]) < dist(p[1::2], lab[0::2])
-    return {"own": float(own.mean()), "swapped": float(swapped.mean()), "both": float((own & swapped).mean())}
+    scores = {"own": float(own.mean()), "swapped": float(swapped.mean()), "both": float((own & swapped).mean())}
+    # The first token alone (dx), on the pairs whose dx labels differ: no teacher-forced token before it.
+    differs = lab[0::2, 0] != lab[1::2, 0]
+    if differs.any():
+        own_x = np.abs(p[0::2, 0] - lab[0::2, 0]) < np.abs(p[0::2, 0] - lab[1::2, 0])
+        swapped_x = np.abs(p[1::2, 0] - lab[1::2, 0]) < np.abs(p[1::2, 0] - lab[0::2, 0])
+        scores.update({"dx_pairs": int(differs.sum()), "dx_own": float(own_x[differs].mean()),
+                       "dx_swapped": float(swapped_x[differs].mean()),
+                       "dx_both": float((own_x & swapped_x)[differs].mean())})
+    return scores
+
+
+def score_checkpoint(path: str, data: str, seed: int) -> dict[str, dict[str, float]]:
+    """pair_scores of a trained checkpoint on the same train / held-out pairs a fit on `data` scores."""
+    from export.checkpoint import load_model
+
+    model, info = load_model(path, device="cpu")
+    config = info.config
+    transform = ImageTransform.from_config(config)
+    actions = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
+    key = next(iter(config.norm_stats))  # labels in the checkpoint's own action scale
+    ds = load_dataset([data], transform, PromptTokenizer.from_dir(path), actions, key, config.norm_stats,
+                      counterfactuals=True)
+    return {name: pair_scores(model, ds, transform, sel) for name, sel in probe_pairs(ds, seed).items()}
+
+
+def probe_pairs(ds: ActionDataset, seed: int) -> dict[str, np.ndarray]:
+    """128 fixed training pairs (frames in the first 85 % of rows) and 128 held-out ones (the rest)."""
+    cut = int(0.85 * len(ds))
+    train_pairs, test_pairs = np.flatnonzero(ds.cf_image < cut), np.flatnonzero(ds.cf_image >= cut)
+    rng = np.random.default_rng(seed + 1)
+    sets = {"train": rng.choice(train_pairs, min(128, len(train_pairs)), replace=False),
+            "held_out": rng.choice(test_pairs, min(128, len(test_pairs)), replace=False)}
+    return {name: pairs for name, pairs in sets.items() if len(pairs)}  # a tiny file may hold no held-out pair
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,11 +140,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attn-role", type=float, default=0.0,
                     help="weight of rlrc-train's --attn-role term (first action position -> the block to move and "
                          "the block it goes on, each row of a pair with its own roles); 0 = off")
+    ap.add_argument("--attn-role-tokens", type=int, default=1,
+                    help="--attn-role at the positions predicting the first N action tokens (2 = dx and dy)")
+    ap.add_argument("--score", metavar="CHECKPOINT",
+                    help="train nothing: score this checkpoint's pairs (from rlrc-train) on --data's pairs and stop")
     ap.add_argument("--json", help="write the scores here")
     args = ap.parse_args(argv)
     if min(args.steps, args.every, args.pairs) < 1:
         ap.error("--steps, --every and --pairs must be >= 1")
     torch.set_num_threads(2)
+    if args.score:
+        report = {"schema": "rlrc-binding-fit-score/1", "checkpoint": args.score, "data": args.data,
+                  "scores": score_checkpoint(args.score, args.data, args.seed), "date": time.strftime("%Y-%m-%d"),
+                  "machine": f"{platform.node()} {platform.processor() or platform.machine()}"}
+        for name, sc in report["scores"].items():
+            print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in sc.items()), flush=True)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        return 0
     try:
         preset = dataclasses.replace(get_preset(args.preset), **{
             k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.override).items()})
@@ -132,12 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     model.freeze_unused()
     cut = int(0.85 * len(ds))
     train_pairs, test_pairs = np.flatnonzero(ds.cf_image < cut), np.flatnonzero(ds.cf_image >= cut)
-    rng = np.random.default_rng(args.seed + 1)
-    probe = {"train": rng.choice(train_pairs, min(128, len(train_pairs)), replace=False),
-             "held_out": rng.choice(test_pairs, min(128, len(test_pairs)), replace=False)}
+    probe = probe_pairs(ds, args.seed)
     print(f"{len(train_pairs)} training pairs, {len(test_pairs)} held out", flush=True)
     attn_sup = AttentionSupervision(model, transform, tokenizer) if args.attn_sup > 0 else None
-    attn_role = RoleSupervision(model, transform) if args.attn_role > 0 else None
+    attn_role = RoleSupervision(model, transform, tokens=args.attn_role_tokens) if args.attn_role > 0 else None
     loss_fn = ActionLoss(model, (actions.first_action_token, actions.vocab_size), 2.0, attn_sup, args.attn_sup,
                          attn_role, args.attn_role)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=args.lr, betas=(0.9, 0.95), eps=1e-8)

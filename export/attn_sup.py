@@ -171,22 +171,26 @@ class AttentionSupervision(_LayerProbe):
 class RoleSupervision(_LayerProbe):
     """``loss = sup(pixel_values, query_pos, roles)`` after the model's forward on the batch (``--attn-role``).
 
-    The second hop of binding: at the position that predicts the first action token, one head is pulled
-    towards the patches of the object the instruction moves and another towards its goal object (the
-    plate or block it goes on). roles [B, 2] holds those colours as palette indices, -1 where the sample
-    has no such role (grounding questions, pick and push goals, a colour two objects share); query_pos [B]
-    is each row's position predicting its first target token.
+    The second hop of binding: at the position that predicts the first action token (and, with
+    ``tokens`` > 1, at those predicting the next ones), one head is pulled towards the patches of the
+    object the instruction moves and another towards its goal object (the plate or block it goes on).
+    roles [B, 2] holds those colours as palette indices, -1 where the sample has no such role (grounding
+    questions, pick and push goals, a colour two objects share); query_pos [B] is each row's position
+    predicting its first target token.
     """
 
     def __init__(self, model: OpenVLA, transform: ImageTransform, layer: int = 1,
                  heads: tuple[int, int] | None = None,
-                 colours: Mapping[str, tuple[float, float, float]] = COLOURS) -> None:
+                 colours: Mapping[str, tuple[float, float, float]] = COLOURS, tokens: int = 1) -> None:
+        if not 1 <= tokens <= 7:
+            raise ConfigError(f"--attn-role-tokens={tokens} must be in [1, 7] (the action's tokens, from the first)")
         n_heads = model.config.llm.num_attention_heads[layer] if 0 <= layer < model.config.llm.num_layers else 1
         # Default: the target on head 0 and the goal on the first head of the other key/value group, so
         # the two searches may use different keys.
         heads = heads if heads is not None else (0, n_heads // 2 if n_heads > 1 else 0)
         super().__init__(model, transform, layer, heads, colours, "--attn-role")
         self.heads = heads
+        self.tokens = tokens  # supervised positions: those predicting action tokens 1 .. tokens
 
     def forward(self, pixel_values: torch.Tensor, query_pos: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
         frac = None
@@ -196,8 +200,10 @@ class RoleSupervision(_LayerProbe):
             if len(rows) == 0:
                 continue
             frac = self.colour_targets(pixel_values) if frac is None else frac
-            loss = self.patch_cross_entropy(self.attention(rows, query_pos[rows], head),
-                                            frac[rows, :, roles[rows, role]])
+            # The same pull at each supervised position: every token of the move must find the block.
+            pos = torch.cat([query_pos[rows] + t for t in range(self.tokens)])
+            rows = rows.repeat(self.tokens)
+            loss = self.patch_cross_entropy(self.attention(rows, pos, head), frac[rows, :, roles[rows, role]])
             if loss is not None:
                 total, count = total + loss, count + 1
         return total / max(count, 1)

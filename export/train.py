@@ -94,6 +94,9 @@ class TrainConfig:
                                                   "and the first head of the other key/value group towards its goal "
                                                   "object (export/attn_sup.py; training only; our demo files). 0 = off"})
     attn_role_layer: int = field(default=1, metadata={"help": "decoder layer of the two --attn-role heads"})
+    attn_role_tokens: int = field(default=1, metadata={"help": "--attn-role supervises the positions predicting the "
+                                                         "first N action tokens (2 = dx and dy: each is predicted "
+                                                         "at its own position, and an unsupervised one stays unbound)"})
     counterfactual_frac: float = field(default=0.0, metadata={"help": "fraction of each batch spent on counterfactual "
                                                               "pairs: an untouched stack or push frame with its own "
                                                               "instruction and action, and again with the words swapped "
@@ -137,6 +140,9 @@ class TrainConfig:
         if self.attn_role < 0 or self.attn_role_layer < 0:
             raise ConfigError(f"--attn-role={self.attn_role} and --attn-role-layer={self.attn_role_layer} must be >= 0 "
                               "(--attn-role 0 = off)")
+        if not 1 <= self.attn_role_tokens <= 7:
+            raise ConfigError(f"--attn-role-tokens={self.attn_role_tokens} must be in [1, 7] (the action's tokens, "
+                              "from the first)")
         if self.attn_sup < 0 or self.attn_sup_layer < 0 or self.attn_sup_head < 0:
             raise ConfigError(f"--attn-sup={self.attn_sup}, --attn-sup-layer={self.attn_sup_layer} and "
                               f"--attn-sup-head={self.attn_sup_head} must be >= 0 (--attn-sup 0 = off)")
@@ -646,7 +652,8 @@ def train(cfg: TrainConfig) -> Path | None:
     model.freeze_unused()
     attn_sup = (AttentionSupervision(model, transform, tokenizer, cfg.attn_sup_layer, cfg.attn_sup_head).to(device)
                 if cfg.attn_sup > 0 else None)
-    attn_role = RoleSupervision(model, transform, cfg.attn_role_layer).to(device) if cfg.attn_role > 0 else None
+    attn_role = (RoleSupervision(model, transform, cfg.attn_role_layer, tokens=cfg.attn_role_tokens).to(device)
+                 if cfg.attn_role > 0 else None)
     loss_fn: nn.Module = ActionLoss(model, (action_tok.first_action_token, action_tok.vocab_size), cfg.label_sigma,
                                     attn_sup, cfg.attn_sup, attn_role, cfg.attn_role)
     if dist_info.world > 1:

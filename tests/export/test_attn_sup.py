@@ -210,3 +210,21 @@ def test_rlrc_train_logs_the_term(tmp_path):
     files = list(Path(final).glob("*.safetensors"))
     with safe_open(str(files[0]), "pt") as f:
         assert not any("attn_sup" in k for k in f.keys())
+
+
+def test_role_loss_over_several_action_tokens_averages_their_positions(model, tokenizer):
+    """--attn-role-tokens 2: the same pull at the positions predicting dx and dy, averaged."""
+    transform = ImageTransform.from_config(model.config)
+    one, two = RoleSupervision(model, transform, layer=1), RoleSupervision(model, transform, layer=1, tokens=2)
+    pixels, ids = _batch(model, tokenizer, ["stack the red block on the blue block"] * 2)
+    query_pos = torch.full((2,), model.config.num_patches + int((ids[0] != 32000).sum()) - 3)
+    roles = torch.tensor([[RED, BLUE], [BLUE, RED]])
+    with torch.no_grad():
+        model.hidden_states(pixels, ids)
+        first, second, both = one(pixels, query_pos, roles), one(pixels, query_pos + 1, roles), two(pixels, query_pos, roles)
+    assert not torch.isclose(first, second)  # another position attends differently
+    assert torch.isclose(both, (first + second) / 2, rtol=1e-5)
+    with pytest.raises(ConfigError, match="--attn-role-tokens=8"):
+        RoleSupervision(model, transform, tokens=8)
+    with pytest.raises(ConfigError, match="--attn-role-tokens=0"):
+        TrainConfig(data="x", out="y", attn_role=1.0, attn_role_tokens=0)
