@@ -109,10 +109,15 @@ def score_checkpoint(path: str, data: str, seed: int) -> dict[str, dict[str, flo
     return {name: pair_scores(model, ds, transform, sel) for name, sel in probe_pairs(ds, seed).items()}
 
 
-def probe_pairs(ds: ActionDataset, seed: int) -> dict[str, np.ndarray]:
-    """128 fixed training pairs (frames in the first 85 % of rows) and 128 held-out ones (the rest)."""
+def split_pairs(ds: ActionDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Training pairs (frames in the first 85 % of rows) and held-out ones (the rest)."""
     cut = int(0.85 * len(ds))
-    train_pairs, test_pairs = np.flatnonzero(ds.cf_image < cut), np.flatnonzero(ds.cf_image >= cut)
+    return np.flatnonzero(ds.cf_image < cut), np.flatnonzero(ds.cf_image >= cut)
+
+
+def probe_pairs(ds: ActionDataset, seed: int) -> dict[str, np.ndarray]:
+    """128 fixed training pairs and 128 held-out ones (split_pairs)."""
+    train_pairs, test_pairs = split_pairs(ds)
     rng = np.random.default_rng(seed + 1)
     sets = {"train": rng.choice(train_pairs, min(128, len(train_pairs)), replace=False),
             "held_out": rng.choice(test_pairs, min(128, len(test_pairs)), replace=False)}
@@ -180,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     model.config = config.replace(norm_stats=ds.norm_stats)
     model.train()
     model.freeze_unused()
-    cut = int(0.85 * len(ds))
-    train_pairs, test_pairs = np.flatnonzero(ds.cf_image < cut), np.flatnonzero(ds.cf_image >= cut)
+    train_pairs, test_pairs = split_pairs(ds)
     probe = probe_pairs(ds, args.seed)
     print(f"{len(train_pairs)} training pairs, {len(test_pairs)} held out", flush=True)
     attn_sup = AttentionSupervision(model, transform, tokenizer) if args.attn_sup > 0 else None
