@@ -27,6 +27,7 @@
 #                              starts the recipe's training from that model (benchmarks/binding_fit.py's
 #                              setting, the first in which the action followed the colour words:
 #                              benchmarks/results/binding_fit_stack.md; 0 = none; not with BIND_STEPS);
+#   PAIR_EXTRA="--attn-role-tokens 2"  adds rlrc-train options to that stage;
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
@@ -39,6 +40,7 @@ BIND_STEPS=${BIND_STEPS:-0}
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
 DROP_PROB=${DROP_PROB:-0}
 PAIR_STEPS=${PAIR_STEPS:-0}
+PAIR_EXTRA=${PAIR_EXTRA:-}
 if [ "$PAIR_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
   echo "base_policy.sh: set BIND_STEPS or PAIR_STEPS, not both (each is a stage the recipe starts from)" >&2
   exit 2
@@ -46,7 +48,7 @@ fi
 BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 RECIPE=1
-[ -z "$TRAIN_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] || RECIPE=0
+[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] || RECIPE=0
 DART=demos_id_dart_2000.hdf5
 DROP=()
 if [ "$DROP_PROB" != 0 ]; then
@@ -80,10 +82,11 @@ fi
 if [ "$PAIR_STEPS" != 0 ]; then
   if [ ! -f "$OUT/pairs/final/config.json" ]; then
     start=$(date +%s)
+    # shellcheck disable=SC2086  # PAIR_EXTRA is a list of options
     $BIN/rlrc-train --data "$OUT/demos_stack_1000.hdf5" --out "$OUT/pairs" --dataset-key stack_pairs \
       --preset base-128 --steps "$PAIR_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --min-lr-ratio 1 \
       --label-sigma 2 --pos-init sincos --counterfactual-frac 0.95 --attn-role 1.0 --save-every 200 --log-every 50 \
-      --keep-checkpoints 2
+      --keep-checkpoints 2 $PAIR_EXTRA
     echo "pair stage wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
   fi
   INIT=(--init "$OUT/pairs/final")
