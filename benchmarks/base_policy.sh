@@ -28,6 +28,8 @@
 #                              setting, the first in which the action followed the colour words:
 #                              benchmarks/results/binding_fit_stack.md; 0 = none; not with BIND_STEPS);
 #   PAIR_EXTRA="--attn-role-tokens 2"  adds rlrc-train options to that stage;
+#   STEPS=3400                 trains the recipe's part for that many steps instead of 6400 (its cosine schedule
+#                              ends there), so that a stage and the recipe together fit the time budget;
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
@@ -41,6 +43,7 @@ TRAIN_EXTRA=${TRAIN_EXTRA:-}
 DROP_PROB=${DROP_PROB:-0}
 PAIR_STEPS=${PAIR_STEPS:-0}
 PAIR_EXTRA=${PAIR_EXTRA:-}
+STEPS=${STEPS:-6400}
 if [ "$PAIR_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
   echo "base_policy.sh: set BIND_STEPS or PAIR_STEPS, not both (each is a stage the recipe starts from)" >&2
   exit 2
@@ -48,7 +51,7 @@ fi
 BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 RECIPE=1
-[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] || RECIPE=0
+[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] && [ "$STEPS" = 6400 ] || RECIPE=0
 DART=demos_id_dart_2000.hdf5
 DROP=()
 if [ "$DROP_PROB" != 0 ]; then
@@ -97,7 +100,7 @@ if [ ! -f "$RUN/final/config.json" ]; then
   start=$(date +%s)
   # shellcheck disable=SC2086  # TRAIN_EXTRA is a list of options
   $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/$DART" --out "$RUN" "${INIT[@]}" \
-    --preset base-128 --steps 6400 --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
+    --preset base-128 --steps "$STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
     --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3 $TRAIN_EXTRA
   echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
 fi
