@@ -28,7 +28,7 @@
 #                              setting, the first in which the action followed the colour words:
 #                              benchmarks/results/binding_fit_stack.md; 0 = none; not with BIND_STEPS);
 #   PAIR_EXTRA="--attn-role-tokens 2"  adds rlrc-train options to that stage;
-#   STEPS=3400                 trains the recipe's part for that many steps instead of 6400 (its cosine schedule
+#   STEPS=2800                 trains the recipe's part for that many steps instead of 6400 (its cosine schedule
 #                              ends there), so that a stage and the recipe together fit the time budget;
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
