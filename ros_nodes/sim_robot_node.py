@@ -169,10 +169,7 @@ class SimRobotNode(Node):
         if self._recorder is not None:
             self._recorder.close()
             self._recorder = None
-        try:
-            self.env.close()
-        except Exception as exc:  # noqa: BLE001 - EGL refuses a close from another thread; the process ends anyway
-            self.get_logger().debug(f"closing the sim renderer: {exc}")
+        self.env.close()  # from any thread: the env unbinds its EGL context after every frame (sim/env.py)
         super().destroy_node()
 
 

@@ -391,7 +391,9 @@ class TabletopEnv(gym.Env):
             size = self.config.image_size
             self._renderer = mujoco.Renderer(self.model, height=size, width=size)
         self._renderer.update_scene(self.data, camera=self._cam)
-        return self._renderer.render()  # fresh uint8 [H, W, 3] array owned by the caller
+        image = self._renderer.render()  # fresh uint8 [H, W, 3] array owned by the caller
+        _release_egl_context(self._renderer)
+        return image
 
     def _proprio(self) -> np.ndarray:
         return np.concatenate([self.ee_pos, self.ee_euler, [self.gripper_opening]]).astype(np.float32)
@@ -409,6 +411,22 @@ class TabletopEnv(gym.Env):
             "family": self.task.family,
             "shift": self.task.shift or "none",
         }
+
+
+def _release_egl_context(renderer: mujoco.Renderer) -> None:
+    """Unbind the renderer's EGL context from this thread.
+
+    mujoco.Renderer leaves its context current in the thread that last rendered, and EGL refuses to make a
+    context current in a second thread (EGL_BAD_ACCESS). An env that renders in one thread (a ROS executor)
+    and is closed or collected in another (the main thread at shutdown) then fails to free its GL
+    resources. Released after every frame, any thread can close it; the next render binds it again.
+    """
+    if os.environ.get("MUJOCO_GL") != "egl":
+        return
+    from mujoco import egl
+
+    if isinstance(getattr(renderer, "_gl_context", None), egl.GLContext) and egl.EGL_DISPLAY is not None:
+        egl.EGL.eglMakeCurrent(egl.EGL_DISPLAY, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_CONTEXT)
 
 
 def make_env(

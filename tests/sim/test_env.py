@@ -176,3 +176,29 @@ def test_unused_slots_are_parked_off_table() -> None:
         for slot in scene.slot_names(kind):
             x = env.body_pos(slot)[0]
             assert (x < 0.5) == (slot in used)
+
+
+
+def test_an_env_rendered_in_one_thread_closes_in_another_and_exits_quietly() -> None:
+    """A ROS executor renders in its thread and the node is closed from the main thread; EGL refuses a
+    context that is still current elsewhere (EGL_BAD_ACCESS), which used to leak the GL resources and
+    print an EGLError from the renderer's __del__ at exit. Run in a subprocess to see its exit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import threading, sim\n"
+              "envs = [sim.make_env(family='pick', seed=0, image_size=32) for _ in range(2)]\n"
+              "def work():\n"
+              "    for env in envs:\n"
+              "        obs, _ = env.reset(seed=0)\n"
+              "        assert obs['image'].shape == (32, 32, 3) and obs['image'].any()\n"
+              "t = threading.Thread(target=work); t.start(); t.join()\n"
+              "envs[0].close()\n"  # closed from another thread than the one that rendered
+              "obs, _ = envs[1].reset(seed=1)\n"  # and rendering moves threads too
+              "assert obs['image'].any()\n")  # envs[1] is left open: collected at exit
+    run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert run.returncode == 0, run.stderr
+    assert "Exception ignored" not in run.stderr and "EGLError" not in run.stderr, run.stderr
