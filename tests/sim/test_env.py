@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -178,16 +183,10 @@ def test_unused_slots_are_parked_off_table() -> None:
             assert (x < 0.5) == (slot in used)
 
 
-
 def test_an_env_rendered_in_one_thread_closes_in_another_and_exits_quietly() -> None:
     """A ROS executor renders in its thread and the node is closed from the main thread; EGL refuses a
     context that is still current elsewhere (EGL_BAD_ACCESS), which used to leak the GL resources and
     print an EGLError from the renderer's __del__ at exit. Run in a subprocess to see its exit."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = ("import threading, sim\n"
               "envs = [sim.make_env(family='pick', seed=0, image_size=32) for _ in range(2)]\n"
               "def work():\n"
