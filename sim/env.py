@@ -156,6 +156,7 @@ class TabletopEnv(gym.Env):
         self.model = mujoco.MjModel.from_xml_string(scene.build_mjcf(size))
         self.data = mujoco.MjData(self.model)
         self._renderer: mujoco.Renderer | None = None  # created on first render: keeps forked workers GL-free
+        self._egl = False  # whether the renderer's context is EGL's, unbound after every frame (_unbind_egl_context)
         self._ids()
         self._nominal = {
             "cam_fovy": self.model.cam_fovy[self._cam].copy(),
@@ -390,9 +391,11 @@ class TabletopEnv(gym.Env):
         if self._renderer is None:
             size = self.config.image_size
             self._renderer = mujoco.Renderer(self.model, height=size, width=size)
+            self._egl = _is_egl(self._renderer)
         self._renderer.update_scene(self.data, camera=self._cam)
         image = self._renderer.render()  # fresh uint8 [H, W, 3] array owned by the caller
-        _release_egl_context(self._renderer)
+        if self._egl:
+            _unbind_egl_context()
         return image
 
     def _proprio(self) -> np.ndarray:
@@ -413,19 +416,25 @@ class TabletopEnv(gym.Env):
         }
 
 
-def _release_egl_context(renderer: mujoco.Renderer) -> None:
-    """Unbind the renderer's EGL context from this thread.
+def _is_egl(renderer: mujoco.Renderer) -> bool:
+    if os.environ.get("MUJOCO_GL") != "egl":
+        return False
+    from mujoco import egl
+
+    return isinstance(getattr(renderer, "_gl_context", None), egl.GLContext)
+
+
+def _unbind_egl_context() -> None:
+    """Unbind the current EGL context from this thread.
 
     mujoco.Renderer leaves its context current in the thread that last rendered, and EGL refuses to make a
     context current in a second thread (EGL_BAD_ACCESS). An env that renders in one thread (a ROS executor)
     and is closed or collected in another (the main thread at shutdown) then fails to free its GL
-    resources. Released after every frame, any thread can close it; the next render binds it again.
+    resources. Unbound after every frame, any thread can close it; the next render binds it again.
     """
-    if os.environ.get("MUJOCO_GL") != "egl":
-        return
     from mujoco import egl
 
-    if isinstance(getattr(renderer, "_gl_context", None), egl.GLContext) and egl.EGL_DISPLAY is not None:
+    if egl.EGL_DISPLAY is not None:  # None once MuJoCo's atexit hook has terminated the display
         egl.EGL.eglMakeCurrent(egl.EGL_DISPLAY, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_CONTEXT)
 
 
