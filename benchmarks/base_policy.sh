@@ -30,6 +30,12 @@
 #   PAIR_EXTRA="--attn-role-tokens 2"  adds rlrc-train options to that stage;
 #   STEPS=2800                 trains the recipe's part for that many steps instead of 6400 (its cosine schedule
 #                              ends there), so that a stage and the recipe together fit the time budget;
+#   PRESET=base-96             trains every stage on that model preset instead of base-128 (export/tiny.py);
+#                              with "--head-rows targets" in TRAIN_EXTRA (and PAIR_EXTRA) 1.76x the samples/s.
+#                              The best run inside 60 min so far, attempt 26 (docs/benchmark.md), is
+#                              PRESET=base-96 PAIR_STEPS=1000 PAIR_EXTRA="--attn-role-tokens 2 --head-rows targets"
+#                              TRAIN_EXTRA="--head-rows targets --attn-role 1.0 --attn-role-tokens 2
+#                              --counterfactual-frac 0.125";
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
@@ -44,6 +50,7 @@ DROP_PROB=${DROP_PROB:-0}
 PAIR_STEPS=${PAIR_STEPS:-0}
 PAIR_EXTRA=${PAIR_EXTRA:-}
 STEPS=${STEPS:-6400}
+PRESET=${PRESET:-base-128}
 if [ "$PAIR_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
   echo "base_policy.sh: set BIND_STEPS or PAIR_STEPS, not both (each is a stage the recipe starts from)" >&2
   exit 2
@@ -51,7 +58,7 @@ fi
 BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 RECIPE=1
-[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] && [ "$STEPS" = 6400 ] || RECIPE=0
+[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] && [ "$STEPS" = 6400 ] && [ "$PRESET" = base-128 ] || RECIPE=0
 DART=demos_id_dart_2000.hdf5
 DROP=()
 if [ "$DROP_PROB" != 0 ]; then
@@ -75,7 +82,7 @@ if [ "$BIND_STEPS" != 0 ]; then
   if [ ! -f "$OUT/bind/final/config.json" ]; then
     start=$(date +%s)
     $BIN/rlrc-train --data "$OUT/demos_stack_1000.hdf5" --out "$OUT/bind" --dataset-key stack_binding \
-      --preset base-128 --steps "$BIND_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --label-sigma 2 \
+      --preset "$PRESET" --steps "$BIND_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --label-sigma 2 \
       --pos-init sincos --ground-frac 0.95 --ground-task --attn-sup 1.0 --save-every 500 --log-every 50 \
       --keep-checkpoints 2
     echo "binding stage wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
@@ -87,7 +94,7 @@ if [ "$PAIR_STEPS" != 0 ]; then
     start=$(date +%s)
     # shellcheck disable=SC2086  # PAIR_EXTRA is a list of options
     $BIN/rlrc-train --data "$OUT/demos_stack_1000.hdf5" --out "$OUT/pairs" --dataset-key stack_pairs \
-      --preset base-128 --steps "$PAIR_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --min-lr-ratio 1 \
+      --preset "$PRESET" --steps "$PAIR_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --min-lr-ratio 1 \
       --label-sigma 2 --pos-init sincos --counterfactual-frac 0.95 --attn-role 1.0 --save-every 200 --log-every 50 \
       --keep-checkpoints 2 $PAIR_EXTRA
     echo "pair stage wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
@@ -100,7 +107,7 @@ if [ ! -f "$RUN/final/config.json" ]; then
   start=$(date +%s)
   # shellcheck disable=SC2086  # TRAIN_EXTRA is a list of options
   $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/$DART" --out "$RUN" "${INIT[@]}" \
-    --preset base-128 --steps "$STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
+    --preset "$PRESET" --steps "$STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
     --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3 $TRAIN_EXTRA
   echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
 fi

@@ -12,9 +12,13 @@ backward, gradient clipping and AdamW. Modes:
     sdpa_math   the same, with scaled_dot_product_attention forced to its plain (math) kernel
     compile     torch.compile of the loss module (inductor), the text padded to a fixed width so one
                 graph serves every batch; the compile time is reported apart
+    target_head `rlrc-train --head-rows targets`: only the 257 target rows of the lm_head are computed
+                (the others are zero, so the softmax stays exact)
 
 Each mode starts from the same initial weights and draws the same batches, so the losses printed
-must agree to a few digits (a mode that changes the result is not a speed-up). The eager mode is also
+must agree to a few digits (a mode that changes the result is not a speed-up); target_head starts from
+those weights with the non-target head rows zeroed, so its loss differs from the first step on.
+--preset times another model (e.g. base-96, fewer image tokens). The eager mode is also
 profiled (torch.profiler, the same steps) and its share of time per operator is reported.
 """
 from __future__ import annotations
@@ -34,12 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export.model import OpenVLA, init_weights  # noqa: E402
 from export.tiny import get_preset, preset_config  # noqa: E402
 from export.tokenizer_gen import write_tokenizer  # noqa: E402
-from export.train import ActionDataset, ActionLoss, Batch, load_dataset, make_batch, param_groups  # noqa: E402
+from export.train import (ActionDataset, ActionLoss, Batch, load_dataset, make_batch, param_groups,  # noqa: E402
+                          target_head_rows)
 from rlrc_runtime.action import ActionTokenizer  # noqa: E402
 from rlrc_runtime.preprocess import ImageTransform  # noqa: E402
 from rlrc_runtime.prompt import PromptTokenizer  # noqa: E402
 
-MODES = ("eager", "sdpa_math", "compile")
+MODES = ("eager", "sdpa_math", "compile", "target_head")
 BATCH, QUERIES = 64, 13  # the recipe's batch and its 20 % grounding questions
 
 
@@ -61,12 +66,14 @@ def recipe_batch(ds: ActionDataset, transform: ImageTransform, model: OpenVLA, s
 
 
 def run_mode(mode: str, ds: ActionDataset, transform: ImageTransform, actions: ActionTokenizer, args) -> dict:
-    config = preset_config(get_preset("base-128"), norm_stats={}).replace(norm_stats=ds.norm_stats)
+    config = preset_config(get_preset(args.preset), norm_stats={}).replace(norm_stats=ds.norm_stats)
     model = OpenVLA(config)
     init_weights(model, seed=0, sincos_pos=True)
     model.train()
     model.freeze_unused()
-    loss_fn = ActionLoss(model, (actions.first_action_token, actions.vocab_size), label_sigma=2.0)
+    action_ids = (actions.first_action_token, actions.vocab_size)
+    rows = target_head_rows(model, action_ids, config.llm.eos_token_id, None) if mode == "target_head" else None
+    loss_fn = ActionLoss(model, action_ids, label_sigma=2.0, head_rows=rows)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
     fn = torch.compile(loss_fn) if mode == "compile" else loss_fn
     width = args.width if mode == "compile" else 0
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     ap.add_argument("--warmup", type=int, default=15, help="untimed steps first (compile happens in the first)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    ap.add_argument("--preset", default="base-128", help="model preset (export/tiny.py); the recipe's is base-128")
     ap.add_argument("--width", type=int, default=48, help="compile mode: fixed text width in tokens")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (rlrc-train's default on this machine)")
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip the eager profile")
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.steps, args.warmup) < 1:
         ap.error("--steps and --warmup must be >= 1")
     torch.set_num_threads(args.threads)
-    config = preset_config(get_preset("base-128"), norm_stats={})
+    config = preset_config(get_preset(args.preset), norm_stats={})
     transform = ImageTransform.from_config(config)
     with tempfile.TemporaryDirectory() as tok_dir:
         write_tokenizer(Path(tok_dir), model_max_length=config.llm.max_position_embeddings)
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_mode(m, ds, transform, actions, args) for m in modes]
     out = {"command": "python benchmarks/train_step_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-           f"torch {torch.__version__}", "batch": BATCH, "grounding_rows": QUERIES, "rows": rows}
+           f"torch {torch.__version__}", "preset": args.preset, "batch": BATCH, "grounding_rows": QUERIES, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

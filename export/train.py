@@ -104,6 +104,14 @@ class TrainConfig:
                                                               "for that (sim/counterfactual.py; our demo files only). 0 = off"})
     label_sigma: float = field(default=0.0, metadata={"help": "soft action-token targets: a Gaussian of this many bins "
                                                       "around the true bin (HL-Gauss); 0 = OpenVLA's one-hot CE"})
+    head_rows: str = field(default="all", metadata={"help": "'targets': the lm_head rows that are never a target "
+                                                   "(all but the 256 action rows and EOS) are zero and stay zero, so "
+                                                   "their logits are 0 and the full-vocabulary softmax is computed "
+                                                   "exactly from the 257 target rows plus one constant term (the "
+                                                   "head's cost falls ~125x; the checkpoint still decodes over the "
+                                                   "whole vocabulary). From scratch, or from a model trained so. "
+                                                   "'all': every row trained, as OpenVLA",
+                                           "choices": ["all", "targets"]})
     ema: float = field(default=0.0, metadata={"help": "decay of an exponential moving average of the weights, "
                                           "written as final_ema/ beside final/; training itself is unchanged "
                                           "(final/ is the same with or without it). 0 = off, e.g. 0.999"})
@@ -445,9 +453,18 @@ class ActionLoss(nn.Module):
 
     def __init__(self, model: OpenVLA, action_ids: tuple[int, int] | None = None, label_sigma: float = 0.0,
                  attn_sup: AttentionSupervision | None = None, attn_sup_weight: float = 0.0,
-                 attn_role: RoleSupervision | None = None, attn_role_weight: float = 0.0) -> None:
+                 attn_role: RoleSupervision | None = None, attn_role_weight: float = 0.0,
+                 head_rows: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
+        # --head-rows targets: the ids of the trained lm_head rows; every other row is zero (target_head_rows).
+        self.head_rows: torch.Tensor | None
+        self.register_buffer("head_rows", head_rows, persistent=False)
+        if head_rows is not None:
+            lookup = torch.full((model.config.llm.vocab_size,), -1, dtype=torch.long)
+            lookup[head_rows] = torch.arange(len(head_rows))
+            self.register_buffer("row_index", lookup, persistent=False)  # vocab id -> column of the head's logits
+            self.first_zero_row = int(lookup.eq(-1).nonzero()[0, 0])  # what a full argmax returns when all C are < 0
         self.label_sigma = float(label_sigma)
         self.action_ids = action_ids  # (first action token id, one past the last)
         self.attn_sup = attn_sup  # optional training-only term (export/attn_sup.py), weighted by attn_sup_weight
@@ -457,24 +474,23 @@ class ActionLoss(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hidden = self.model.hidden_states(batch.pixel_values, batch.input_ids)  # [B, P + T, H]
-        logits = self.model.language_model.lm_head(hidden[batch.label_rows, batch.label_pos]).float()  # [M, V]
+        logp, pred, columns = self.log_probs(hidden[batch.label_rows, batch.label_pos])  # [M, V or C], [M]
         act = batch.is_action
+        hard = -logp.gather(1, columns(batch.labels)[:, None])[:, 0]  # [M]
         if self.label_sigma > 0 and self.action_ids is not None:
             lo, hi = self.action_ids
-            logp = F.log_softmax(logits, dim=-1)  # [M, V]
-            ids = torch.arange(lo, hi, device=logits.device, dtype=torch.float32)  # [A]
+            ids = torch.arange(lo, hi, device=logp.device, dtype=torch.float32)  # [A]
             # EOS rows get a dummy centre inside the action range (their soft term is discarded below;
             # an all-zero target there would put NaN into the gradient through torch.where).
             centre = batch.labels.clamp(lo, hi - 1).float()
             target = torch.exp(-0.5 * ((ids[None] - centre[:, None]) / self.label_sigma) ** 2)  # [M, A]
             target = target / target.sum(-1, keepdim=True)
-            soft = -(target * logp[:, lo:hi]).sum(-1)  # [M]
-            hard = -logp.gather(1, batch.labels[:, None])[:, 0]  # [M]
+            action_cols = columns(torch.arange(lo, hi, device=logp.device))  # [A]
+            soft = -(target * logp[:, action_cols]).sum(-1)  # [M]
             loss = torch.where(act, soft, hard).mean()
         else:
-            loss = F.cross_entropy(logits, batch.labels)
+            loss = hard.mean()
         with torch.no_grad():
-            pred = logits.argmax(-1)
             acc = (pred[act] == batch.labels[act]).float().mean()
             # Bin distance of predicted vs target action tokens (non-action predictions count as 255).
             dist = (pred[act] - batch.labels[act]).abs().clamp(max=255).float().mean()
@@ -488,6 +504,45 @@ class ActionLoss(nn.Module):
             stats["losses/attn_role"] = role.detach()
             loss = loss + self.attn_role_weight * role
         return loss, stats
+
+    def log_probs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Full-vocabulary log-probabilities of the supervised rows ``h`` [M, H] -> (log p [M, V or C], the
+        greedy token over the whole vocabulary [M], vocab id -> column of log p).
+
+        With head rows, only their C logits are computed. Every other row of the head is zero, so its logit
+        is exactly 0 and the V - C of them add one term, log(V - C), to the normaliser: log p is exact.
+        """
+        lm_head = self.model.language_model.lm_head
+        if self.head_rows is None:
+            logits = lm_head(h).float()  # [M, V]
+            return F.log_softmax(logits, dim=-1), logits.argmax(-1).detach(), lambda ids: ids
+        logits = F.linear(h, lm_head.weight[self.head_rows]).float()  # [M, C]
+        rest = torch.full_like(logits[:, :1], math.log(lm_head.weight.shape[0] - len(self.head_rows)))
+        logp = logits - torch.logsumexp(torch.cat([logits, rest], dim=-1), dim=-1, keepdim=True)
+        with torch.no_grad():
+            best, col = logits.max(-1)
+            # argmax over the whole vocabulary: a head row when its logit beats the zeros, else the first zero row
+            pred = torch.where(best > 0, self.head_rows[col], self.first_zero_row)
+        return logp, pred, lambda ids: self.row_index[ids]
+
+
+def target_head_rows(model: OpenVLA, action_ids: tuple[int, int], eos_id: int, source: str | None) -> torch.Tensor:
+    """--head-rows targets: the ids of the head rows kept (the action rows, then EOS). From scratch
+    (``source`` None) the other rows are zeroed; a model loaded from ``source`` must have them zero already."""
+    lo, hi = action_ids
+    rows = torch.cat([torch.arange(lo, hi), torch.tensor([eos_id])])
+    weight = model.language_model.lm_head.weight
+    others = torch.ones(weight.shape[0], dtype=torch.bool)
+    others[rows] = False
+    if source is None:
+        with torch.no_grad():
+            weight[others] = 0.0
+    elif (nonzero := int(weight[others].abs().sum(-1).gt(0).sum())):
+        raise ConfigError(f"--head-rows targets: {source} has {nonzero} non-zero lm_head rows besides the {len(rows)} "
+                          "target rows (it was not trained with --head-rows targets), so their logits are not 0 and "
+                          "the exact softmax over the target rows does not hold. Fine-tune it with --head-rows all, or "
+                          "train from scratch with --head-rows targets")
+    return rows
 
 
 # --------------------------------------------------------------------------- training loop
@@ -654,8 +709,11 @@ def train(cfg: TrainConfig) -> Path | None:
                 if cfg.attn_sup > 0 else None)
     attn_role = (RoleSupervision(model, transform, cfg.attn_role_layer, tokens=cfg.attn_role_tokens).to(device)
                  if cfg.attn_role > 0 else None)
-    loss_fn: nn.Module = ActionLoss(model, (action_tok.first_action_token, action_tok.vocab_size), cfg.label_sigma,
-                                    attn_sup, cfg.attn_sup, attn_role, cfg.attn_role)
+    action_ids = (action_tok.first_action_token, action_tok.vocab_size)
+    head_rows = (target_head_rows(model, action_ids, config.llm.eos_token_id, cfg.init)
+                 if cfg.head_rows == "targets" else None)
+    loss_fn: nn.Module = ActionLoss(model, action_ids, cfg.label_sigma, attn_sup, cfg.attn_sup, attn_role,
+                                    cfg.attn_role, head_rows).to(device)
     if dist_info.world > 1:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)

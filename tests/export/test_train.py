@@ -13,7 +13,8 @@ from export.checkpoint import load_model
 from export.model import OpenVLA, init_weights
 from export.tiny import PRESETS, preset_config
 from export.tokenizer_gen import write_tokenizer
-from export.train import ActionDataset, ActionLoss, TrainConfig, load_dataset, lr_factor, make_batch, train
+from export.train import (ActionDataset, ActionLoss, TrainConfig, load_dataset, lr_factor, make_batch,
+                          target_head_rows, train)
 from rlrc_runtime.action import ActionTokenizer
 from rlrc_runtime.errors import ConfigError
 from rlrc_runtime.preprocess import ImageTransform
@@ -104,6 +105,59 @@ def test_soft_action_labels(demos, tokenizer):
 
     with pytest.raises(ConfigError, match="label-sigma"):
         _cfg(demos, Path("/tmp/x"), label_sigma=-1.0)
+
+
+def test_target_head_rows_give_the_full_vocabulary_softmax_exactly(demos, tokenizer):
+    """--head-rows targets: with every other row zero, loss, target-row gradients and the greedy token are the
+    full head's; the zero rows get no gradient, so they stay zero."""
+    config = preset_config(PRESETS["tiny-128"], norm_stats={})
+    model = OpenVLA(config)
+    init_weights(model, seed=0)
+    span = (31744, 32000)
+    rows = target_head_rows(model, span, 2, None)
+    weight = model.language_model.lm_head.weight
+    others = torch.ones(len(weight), dtype=torch.bool)
+    others[rows] = False
+    assert rows.tolist() == list(range(*span)) + [2]
+    assert not weight[others].any() and weight[rows].abs().sum(-1).gt(0).all()
+    transform = ImageTransform.from_config(config)
+    ds = load_dataset([str(demos)], transform, tokenizer, ActionTokenizer(), None)
+    batch = make_batch(ds, np.arange(6), transform, config.num_patches, 32000, 2)
+    for sigma in (0.0, 2.0):
+        full, full_stats = ActionLoss(model, span, sigma)(batch)
+        full.backward()
+        full_grad, weight.grad = weight.grad.clone(), None
+        part, part_stats = ActionLoss(model, span, sigma, head_rows=rows)(batch)
+        part.backward()
+        torch.testing.assert_close(part, full)
+        torch.testing.assert_close(weight.grad[rows], full_grad[rows])
+        assert full_grad[others].any() and not weight.grad[others].any()
+        for key, value in full_stats.items():
+            torch.testing.assert_close(part_stats[key], value)
+        model.zero_grad(set_to_none=True)
+
+    # The greedy token is the whole vocabulary's argmax, also when every target logit is below the zero rows'.
+    with torch.no_grad():
+        weight[rows] = weight[rows].abs()
+    loss_fn = ActionLoss(model, span, 2.0, head_rows=rows)
+    h = torch.rand(4, config.llm.hidden_size) + 0.1
+    for sign in (1.0, -1.0):
+        _, pred, _ = loss_fn.log_probs(sign * h)
+        assert torch.equal(pred, model.language_model.lm_head(sign * h).argmax(-1))
+    assert set(loss_fn.log_probs(-h)[1].tolist()) == {0}  # all target logits < 0: the first zero row wins
+
+
+def test_target_head_training_keeps_the_other_rows_zero(demos, tmp_path):
+    final = train(_cfg(demos, tmp_path / "t", head_rows="targets"))
+    model, _ = load_model(final)
+    weight = model.language_model.lm_head.weight
+    assert weight[:31744].abs().sum(-1).gt(0).sum() == 1  # EOS (id 2) alone below the action rows
+    assert not weight[32000:].any() and weight[31744:32000].abs().sum(-1).gt(0).all()
+    assert train(_cfg(demos, tmp_path / "ft", init=str(final), head_rows="targets", steps=2)) is not None
+    # A model whose other rows carry weights cannot use the shortcut: the error names both ways out.
+    plain = train(_cfg(demos, tmp_path / "plain", steps=1, warmup_steps=0))
+    with pytest.raises(ConfigError, match=r"non-zero lm_head rows.*--head-rows all.*from scratch"):
+        train(_cfg(demos, tmp_path / "bad", init=str(plain), head_rows="targets", steps=2))
 
 
 def test_lr_schedule():
