@@ -94,7 +94,7 @@ def run_mode(mode: str, ds: ActionDataset, transform: ImageTransform, actions: A
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             dt = time.perf_counter() - t0
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if step == 0:
                 first = dt
             if step >= args.warmup:

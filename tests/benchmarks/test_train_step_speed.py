@@ -39,3 +39,14 @@ def test_an_unknown_mode_is_a_usage_error(speed, demos, capsys):
     with pytest.raises(SystemExit) as exc:
         speed.main(["--data", str(demos), "--modes", "eager,jit"])
     assert exc.value.code == 2 and "jit" in capsys.readouterr().err
+
+
+def test_target_head_mode_on_another_preset(speed, demos, tmp_path):
+    out = tmp_path / "speed96.json"
+    assert speed.main(["--data", str(demos), "--steps", "1", "--warmup", "1", "--modes", "target_head",
+                       "--preset", "base-96", "--threads", "1", "--no-profile", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert report["preset"] == "base-96" and row["mode"] == "target_head"
+    # Zero head rows start every target at 1/V: the first losses sit near log(32064) ~ 10.4, not at a NaN.
+    assert 5.0 < row["final_loss"] < 11.0
