@@ -46,7 +46,10 @@ def colour_fractions(rgb: torch.Tensor, palette: torch.Tensor, patch: int) -> to
     saturation = (value - rgb.amin(1, keepdim=True)) / value.clamp_min(1e-6)
     chroma = rgb / value.clamp_min(1e-6)  # [B, 3, S, S]
     ref = palette / palette.amax(1, keepdim=True)  # [C, 3]
-    dist = ((chroma[:, None] - ref[None, :, :, None, None]) ** 2).sum(2)  # [B, C, S, S]
+    # Squared distance to each palette colour, one [B, S, S] plane per colour: the same sums as a broadcast
+    # over [B, C, 3, S, S], bit for bit, at ~1/25 of its time on a CPU (it was most of --attn-role's cost).
+    r, g, b = chroma.unbind(1)
+    dist = torch.stack([(r - c[0]) ** 2 + (g - c[1]) ** 2 + (b - c[2]) ** 2 for c in ref], 1)  # [B, C, S, S]
     nearest = F.one_hot(dist.argmin(1), len(palette)).permute(0, 3, 1, 2).to(rgb.dtype)  # [B, C, S, S]
     nearest = nearest * ((saturation > MIN_SATURATION) & (value > MIN_VALUE)).to(rgb.dtype)
     return F.avg_pool2d(nearest, patch).flatten(2).transpose(1, 2)  # [B, P, C]
