@@ -32,10 +32,13 @@
 #                              ends there), so that a stage and the recipe together fit the time budget;
 #   PRESET=base-96             trains every stage on that model preset instead of base-128 (export/tiny.py);
 #                              with "--head-rows targets" in TRAIN_EXTRA (and PAIR_EXTRA) 1.76x the samples/s.
-#                              The best run inside 60 min so far, attempt 26 (docs/benchmark.md), is
+#                              The best run inside 60 min so far, attempt 28 (docs/benchmark.md: 76.3 %), is
 #                              PRESET=base-96 PAIR_STEPS=1000 PAIR_EXTRA="--attn-role-tokens 2 --head-rows targets"
 #                              TRAIN_EXTRA="--head-rows targets --attn-role 1.0 --attn-role-tokens 2
-#                              --counterfactual-frac 0.125";
+#                              --counterfactual-frac 0.0625";
+#                              its step rate on the 2-core host varies between 135 and 176 samples/s in phases, so a
+#                              60-minute budget holds ~6800 recipe steps after its stage (attempt 27: 7000 steps,
+#                              58.1 min, the same success);
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
