@@ -39,6 +39,14 @@
 #                              its step rate on the 2-core host varies between 135 and 176 samples/s in phases, so a
 #                              60-minute budget holds ~6800 recipe steps after its stage (attempt 27: 7000 steps,
 #                              58.1 min, the same success);
+#   PICK_DART=1000             also writes that many pick-only episodes with DART noise
+#                              (demos_pick_dart_N.hdf5, reset seeds from 900000) and trains the recipe's part on
+#                              them too: pick frames go from ~18 % to ~33 % of the action samples. Pick is the
+#                              family below 80 % in every base-96 run, all of it from bars (attempt 28: 8/37 bars,
+#                              58/63 blocks and cylinders; benchmarks/results/pick_outcomes.md). Tried in attempt 29
+#                              on attempt 28's command: bars 10/37, place and stack lost 9 and 7, 72.3 %. Not kept.
+#                              What helped bars is TRAIN_EXTRA="... --ground-orient" (orientation questions; attempt
+#                              31: bars 20/37, pick 78, but stack 55 and the mean 76.0 %);
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
@@ -53,6 +61,7 @@ DROP_PROB=${DROP_PROB:-0}
 PAIR_STEPS=${PAIR_STEPS:-0}
 PAIR_EXTRA=${PAIR_EXTRA:-}
 STEPS=${STEPS:-6400}
+PICK_DART=${PICK_DART:-0}
 PRESET=${PRESET:-base-128}
 if [ "$PAIR_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
   echo "base_policy.sh: set BIND_STEPS or PAIR_STEPS, not both (each is a stage the recipe starts from)" >&2
@@ -61,7 +70,8 @@ fi
 BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 RECIPE=1
-[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] && [ "$STEPS" = 6400 ] && [ "$PRESET" = base-128 ] || RECIPE=0
+[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] && [ "$STEPS" = 6400 ] && [ "$PRESET" = base-128 ] \
+  && [ "$PICK_DART" = 0 ] || RECIPE=0
 DART=demos_id_dart_2000.hdf5
 DROP=()
 if [ "$DROP_PROB" != 0 ]; then
@@ -76,6 +86,12 @@ t0=$(date +%s)
   --out "$OUT/$DART" --workers 2 --seed 50000 --action-noise 0.3 "${DROP[@]}"
 if { [ "$BIND_STEPS" != 0 ] || [ "$PAIR_STEPS" != 0 ]; } && [ ! -f "$OUT/demos_stack_1000.hdf5" ]; then
   $BIN/rlrc-sim demos --episodes 1000 --families stack --out "$OUT/demos_stack_1000.hdf5" --workers 2 --seed 800000
+fi
+DATA="$OUT/demos_id_2000.hdf5,$OUT/$DART"
+if [ "$PICK_DART" != 0 ]; then
+  [ -f "$OUT/demos_pick_dart_$PICK_DART.hdf5" ] || $BIN/rlrc-sim demos --episodes "$PICK_DART" --families pick \
+    --out "$OUT/demos_pick_dart_$PICK_DART.hdf5" --workers 2 --seed 900000 --action-noise 0.3
+  DATA="$DATA,$OUT/demos_pick_dart_$PICK_DART.hdf5"
 fi
 [ -f "$OUT/wall_time.txt" ] || echo "demos wall time: $(( $(date +%s) - t0 )) s" | tee "$OUT/wall_time.txt"
 
@@ -109,7 +125,7 @@ RUN="$OUT/run"
 if [ ! -f "$RUN/final/config.json" ]; then
   start=$(date +%s)
   # shellcheck disable=SC2086  # TRAIN_EXTRA is a list of options
-  $BIN/rlrc-train --data "$OUT/demos_id_2000.hdf5,$OUT/$DART" --out "$RUN" "${INIT[@]}" \
+  $BIN/rlrc-train --data "$DATA" --out "$RUN" "${INIT[@]}" \
     --preset "$PRESET" --steps "$STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
     --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3 $TRAIN_EXTRA
   echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"

@@ -1,4 +1,4 @@
-"""Why do place/stack/push episodes fail? Classify each episode by what the objects did.
+"""Why do pick/place/stack/push episodes fail? Classify each episode by what the objects did.
 
     python benchmarks/stack_outcomes.py --policy artifacts/base_policy/run/final [--family stack]
         [--split id] [--episodes 100] [--seed 100000] [--json benchmarks/results/stack_outcomes.json]
@@ -26,6 +26,20 @@ displacement once that passes MOVED m):
     never moved                  the block never moved MOVED m from its start
     off the table plane          the block ended lifted or tipped (centre not at rest height)
     pushed short                 the right way, but not far enough
+
+Pick (`--family pick`), by what the hand did to the named object and the distractor:
+
+    success                      the task's success test passed
+    lifted distractor first      the other object rose before the target: the wrong object was taken
+    never touched target         no finger ever touched the target
+    touched, never pinched       a finger touched it but both never closed on it
+    pinched, never lifted        both fingers closed on it but it never rose LIFTED m
+    lifted target, dropped/low   it rose but did not reach (or stay at) the success height
+
+Pick episodes also record the target's kind (`kind`: block, cylinder or bar), so failures can be
+counted per object shape, and for blocks and bars whether the policy's first turn of the hand goes the way the
+expert's first turn goes (`first_turn_agrees`: the signs of their first dyaw; None for cylinders, which need no
+turn): the summary counts agreements for bars, where a policy that does not read the orientation scores chance.
 
 Every failed episode also records `still_at_end`: how many steps at its end moved the hand less than
 STILL m each. A policy that stalls (holds still, the frame stays the same, so does the action) shows a
@@ -106,6 +120,21 @@ def classify_push(success: bool, first_side: str | None, side: str, on_table: bo
     return "pushed short"
 
 
+def classify_pick(success: bool, first: str | None, touched: bool, pinched: bool, max_rise: float) -> str:
+    """One pick episode's class from its success flag, the first object lifted and what the fingers did."""
+    if success:
+        return "success"
+    if first == "distractor":
+        return "lifted distractor first"
+    if max_rise > LIFTED:
+        return "lifted target, dropped/low"
+    if pinched:
+        return "pinched, never lifted"
+    if touched:
+        return "touched, never pinched"
+    return "never touched target"
+
+
 def nearest_side(displacement: np.ndarray) -> str:
     """The side (sim.tasks.SIDES) whose unit direction is nearest an [dx, dy] displacement."""
     return max(SIDES, key=lambda name: float(np.dot(SIDES[name], displacement)))
@@ -142,6 +171,41 @@ class _LiftWatch:
             self.first = "goal"
 
 
+class _PickWatch:
+    """Per step of a pick episode: which object rose first, whether the fingers touched or pinched the target,
+    and the target's highest rise."""
+
+    def __init__(self, world) -> None:
+        from sim.experts import make_expert
+
+        task = world.task
+        kind = task.placement(task.target).kind
+        # The expert's first turn, read before any step (act() plans from the state, it does not step).
+        self.expert_turn = float(make_expert(world).act()[5]) if kind in ("block", "bar") else None
+        self.first_turn_agrees: bool | None = None
+        self.target_z0 = float(world.body_pos(task.target)[2])
+        others = [p.slot for p in task.placements if p.slot != task.target]
+        self.others = {slot: float(world.body_pos(slot)[2]) for slot in others}
+        self.first: str | None = None
+        self.touched = self.pinched = False
+        self.max_rise = 0.0
+
+    def first_action(self, action: np.ndarray) -> None:
+        if self.expert_turn is not None:
+            self.first_turn_agrees = bool(np.sign(to_env_action(action)[5]) == np.sign(self.expert_turn))
+
+    def __call__(self, world) -> None:
+        target = world.task.target
+        rise = float(world.body_pos(target)[2]) - self.target_z0
+        self.max_rise = max(self.max_rise, rise)
+        self.touched = self.touched or world.touching_fingers(target)
+        self.pinched = self.pinched or world.pinched(target)
+        if self.first is None and rise > LIFTED:
+            self.first = "target"
+        elif self.first is None and any(float(world.body_pos(s)[2]) - z0 > LIFTED for s, z0 in self.others.items()):
+            self.first = "distractor"
+
+
 def rollout(policy, env, seed: int, make_watch):
     """Roll the policy out from `reset(seed)` exactly as rlrc-eval steps it. `make_watch(world)` is built after
     the reset and called with the world after every step. Returns (last obs, watch, steps, success,
@@ -152,6 +216,8 @@ def rollout(policy, env, seed: int, make_watch):
     success, moves = False, []
     for step in range(world.config.episode_steps):
         action = policy.infer(obs["image"], obs["instruction"], None).action
+        if step == 0 and hasattr(watch, "first_action"):
+            watch.first_action(action)
         hand = np.array(world.ee_pos, dtype=float)
         obs, _, terminated, truncated, info = env.step(to_env_action(action))
         moves.append(float(np.linalg.norm(np.asarray(world.ee_pos) - hand)))
@@ -173,6 +239,18 @@ def run_push_episode(policy, env, seed: int) -> dict:
     return {"seed": seed, "instruction": obs["instruction"], "side": side, "steps": steps,
             "success": success, "first_side": watch.first, "moved_along_side_m": round(moved, 4),
             "still_at_end": still, "outcome": classify_push(success, watch.first, side, on_table)}
+
+
+def run_pick_episode(policy, env, seed: int) -> dict:
+    """Roll the policy out from `reset(seed)` on a pick task; the episode's class and what it is based on."""
+    obs, watch, steps, success, still = rollout(policy, env, seed, _PickWatch)
+    world = env.unwrapped
+    kind = world.task.placement(world.task.target).kind
+    return {"seed": seed, "instruction": obs["instruction"], "kind": kind, "steps": steps, "success": success,
+            "first_lifted": watch.first, "touched": watch.touched, "pinched": watch.pinched,
+            "target_max_rise_m": round(watch.max_rise, 4), "still_at_end": still,
+            "distractors": len(watch.others), "first_turn_agrees": watch.first_turn_agrees,
+            "outcome": classify_pick(success, watch.first, watch.touched, watch.pinched, watch.max_rise)}
 
 
 def run_episode(policy, env, seed: int) -> dict:
@@ -205,8 +283,9 @@ def held_over_goal(episode: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", required=True, help="checkpoint directory (torch backend)")
-    parser.add_argument("--family", default="stack", choices=("stack", "place", "push"),
-                        help="stack or place (classed by the first object lifted) or push (by the way it moved)")
+    parser.add_argument("--family", default="stack", choices=("stack", "place", "push", "pick"),
+                        help="stack or place (classed by the first object lifted), push (by the way it moved) "
+                             "or pick (by what the fingers did to the target)")
     parser.add_argument("--split", default="id")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=100000, help="first reset seed (rlrc-eval's default)")
@@ -219,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_policy(args.policy, backend="torch")
     env = make_env(suite="tabletop", family=args.family, split=args.split, seed=args.seed, image_size=args.image_size)
     start = time.perf_counter()
-    run = run_push_episode if args.family == "push" else run_episode
+    run = {"push": run_push_episode, "pick": run_pick_episode}.get(args.family, run_episode)
     episodes = [run(policy, env, seed)
                 for seed in tqdm(range(args.seed, args.seed + args.episodes), desc=args.family, unit="ep")]
     counts = collections.Counter(e["outcome"] for e in episodes)
@@ -229,7 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     stalled = sum(e["still_at_end"] >= 10 for e in episodes)
     print(f"failed episodes that end with the hand still for 10+ steps: {stalled}/{len(episodes)}")
     hovering = None
-    if args.family != "push":
+    if args.family == "pick":
+        for kind in sorted({e["kind"] for e in episodes}):
+            of_kind = [e for e in episodes if e["kind"] == kind]
+            print(f"{kind}: {sum(e['success'] for e in of_kind)}/{len(of_kind)} succeeded")
+        bars = [e for e in episodes if e["kind"] == "bar"]
+        print(f"bar episodes whose first turn goes the expert's way: {sum(e['first_turn_agrees'] for e in bars)}"
+              f"/{len(bars)}")
+    elif args.family != "push":
         hovering = sum(held_over_goal(e) for e in episodes)
         print(f"failed episodes that end holding the target just over the goal: {hovering}/{len(episodes)}")
     if args.json:

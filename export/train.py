@@ -73,6 +73,10 @@ class TrainConfig:
     ground_task: bool = field(default=False, metadata={"help": "with --ground-frac: also ask where the object the "
                                                     "instruction moves is ('where is the object to move to <instruction>?')"
                                                     ", which binds the instruction's words to its target"})
+    ground_orient: bool = field(default=False, metadata={"help": "with --ground-frac: also ask how each block and bar "
+                                                      "is turned ('how is the red bar turned?', answered with its yaw on "
+                                                      "its symmetry period, the turn to the nearest grasp yaw and the "
+                                                      "hand's yaw; sim/grounding.py)"})
     ground_start: float | None = field(default=None, metadata={"help": "grounding share of the first step; it moves "
                                                                "linearly to --ground-frac over --ground-decay-steps (a "
                                                                "binding curriculum: learn to find the named object first). "
@@ -130,6 +134,9 @@ class TrainConfig:
             raise ConfigError(f"--ground-frac={self.ground_frac} must be in [0, 1)")
         if self.ground_task and self.ground_frac == 0:
             raise ConfigError("--ground-task adds questions to the grounding share of each batch; pass --ground-frac "
+                              "too (e.g. 0.2)")
+        if self.ground_orient and self.ground_frac == 0:
+            raise ConfigError("--ground-orient adds questions to the grounding share of each batch; pass --ground-frac "
                               "too (e.g. 0.2)")
         if self.ground_start is not None:
             if not 0.0 <= self.ground_start < 1.0 or self.ground_frac == 0:
@@ -237,18 +244,18 @@ def load_dataset(
     task_queries: bool = False,
     roles: bool = False,
     counterfactuals: bool = False,
+    orientation: bool = False,
 ) -> ActionDataset:
     """Read demos, compute (or reuse) norm_stats, and tokenize actions and instructions.
 
     With ``grounding`` the grounding queries of every demo of ours are built too (sim.grounding),
-    with ``task_queries`` including "where is the object to move to <instruction>?". With ``roles`` the
+    with ``task_queries`` including "where is the object to move to <instruction>?" and with ``orientation``
+    "how is the <colour> <block or bar> turned?". With ``roles`` the
     colours of each step's target and goal objects are looked up too (``step_roles``, for --attn-role).
     With ``counterfactuals`` the swapped-instruction samples of every stack and push demo of ours are
     built (sim.counterfactual, for --counterfactual-frac).
     """
     from sim.data import DemoReader, norm_stats_from_arrays
-    from sim.grounding import QUERY_TEMPLATE
-
     images, actions, proprio, instr_of_step = [], [], [], []
     names: dict[str, int] = {}
     n_demos = 0
@@ -263,11 +270,11 @@ def load_dataset(
             for demo in reader.iter_demos():
                 n_demos += 1
                 if grounding:
-                    queries = _demo_queries(reader, demo, task_queries)
+                    queries = _demo_queries(reader, demo, task_queries, orientation)
                     n_objects = len({q.name for q in queries}) - int(task_queries)
                     for q in queries:
                         q_image.append(offset + q.frame)
-                        q_prompt.append(q_names.setdefault(q.name, len(q_names)))
+                        q_prompt.append(q_names.setdefault((q.template, q.name), len(q_names)))
                         q_answer.append(q.answer)
                         q_pair.append(n_objects >= 2)
                 demo_roles = _demo_roles(reader, demo) if roles else None
@@ -313,7 +320,6 @@ def load_dataset(
                           f"demos` (episode seeds and proprio); {files} gave none. Use --counterfactual-frac 0")
     _, family_of, family_size = np.unique(np.asarray(cf_family, dtype=str), return_inverse=True, return_counts=True)
     cf_weight = 1.0 / family_size[family_of].astype(np.float64)
-    query_tok = dataclasses.replace(tokenizer, template=QUERY_TEMPLATE)
     return ActionDataset(
         images=np.concatenate(images),
         tokens=action_tokenizer.encode(stats.normalize(acts)).astype(np.int64),
@@ -325,7 +331,7 @@ def load_dataset(
         query_image=np.asarray(q_image, np.int64),
         query_prompt=np.asarray(q_prompt, np.int64),
         query_tokens=action_tokenizer.encode(np.asarray(q_answer).reshape(-1, 4)).astype(np.int64),
-        query_prompts=[query_tok(n) for n in q_names],
+        query_prompts=[dataclasses.replace(tokenizer, template=template)(name) for template, name in q_names],
         query_pair=np.asarray(q_pair, bool),
         step_roles=np.concatenate(step_roles) if roles else np.zeros((0, 2), np.int64),
         cf_image=np.asarray(cf_image, np.int64),
@@ -337,14 +343,16 @@ def load_dataset(
     )
 
 
-def _demo_queries(reader: Any, demo: Any, task_queries: bool) -> list[Any]:
+def _demo_queries(reader: Any, demo: Any, task_queries: bool, orientation: bool = False) -> list[Any]:
     from sim.grounding import demo_queries
 
     info = reader.episode_info(demo.key)
     if info is None:
         return []
     family, split, seed, ee_pos = info
-    return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries)
+    # Our demos' proprio is [x, y, z, roll, pitch, yaw, gripper] (sim.env).
+    hand_yaw = demo.proprio[:, 5] if orientation and demo.proprio is not None else None
+    return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries, hand_yaw)
 
 
 def _demo_counterfactuals(reader: Any, demo: Any) -> list[tuple[Any, str]]:
@@ -694,7 +702,7 @@ def train(cfg: TrainConfig) -> Path | None:
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats,
                       grounding=cfg.ground_frac > 0, task_queries=cfg.ground_task, roles=cfg.attn_role > 0,
-                      counterfactuals=cfg.counterfactual_frac > 0)
+                      counterfactuals=cfg.counterfactual_frac > 0, orientation=cfg.ground_orient)
     log.info("loaded %d steps, %d instructions from %s in %.1fs", len(ds), len(ds.instructions), cfg.data, time.perf_counter() - t0)
     if cfg.counterfactual_frac > 0:
         log.info("%d counterfactual samples", len(ds.cf_image))

@@ -24,12 +24,24 @@ A colour question teaches which patch is red; this one teaches which of the inst
 words names the object to move, which is where the stack policy fails
 (benchmarks/results/eval_base_attempt7_id.md: it lifts the wrong block first in 40 of 100 episodes).
 
+With ``orientation`` every untouched frame also gets, for each uniquely named block and bar, the question
+the bar-picking policies fail (benchmarks/results/pick_outcomes.md: their first turn of the hand ignores the
+bar's orientation):
+
+    In: How is the red bar turned?\nOut: <sin> <cos> <turn> <hand yaw></s>
+
+sin and cos are of the object's yaw on its symmetry period (pi for a bar, pi/2 for a block: a turn by the period
+looks the same), turn is the rotation from the hand's yaw to the nearest grasp yaw (what the scripted expert turns
+by, in [-period/2, period/2), over period/2) and hand yaw is where the hand itself is turned (over pi). Cylinders
+have no orientation to ask about.
+
 Object positions come from re-sampling the episode's task from its seed (pure numpy, the same draw
 `TabletopEnv.reset(seed=...)` makes) and are only valid while nothing has been touched: a frame is
 used when the hand has not yet come down below `UNTOUCHED_Z` in that demonstration.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +56,11 @@ QUERY_TEMPLATE = "In: Where is the {instruction}?\nOut:"
 TASK_NAME = "object to move to {instruction}"
 """The "name" of a task query: the object an instruction moves."""
 
+ORIENT_TEMPLATE = "In: How is the {instruction} turned?\nOut:"
+"""Prompt of an orientation query; {instruction} is "<colour> <object>" (blocks and bars)."""
+SYMMETRY: dict[str, float] = {"block": math.pi / 2, "bar": math.pi}
+"""Yaw period of each kind that has an orientation: the turn after which it looks (and grasps) the same."""
+
 # (low, high) of each answer value in metres; mapped linearly onto the action bins' [-1, 1].
 ANSWER_RANGES: tuple[tuple[float, float], ...] = ((-0.25, 0.30), (-0.30, 0.30), (-0.55, 0.55), (-0.55, 0.55))
 
@@ -57,7 +74,14 @@ class Query:
     name: str
     """"<colour> <object>", e.g. "red block"."""
     answer: np.ndarray
-    """float64 [4] in [-1, 1]: object x, y and its offset from the hand, normalised by ANSWER_RANGES."""
+    """float64 [4] in [-1, 1]: object x, y and its offset from the hand, normalised by ANSWER_RANGES; for an
+    orientation query (`question` "turn") the values of `orientation_answer`."""
+    question: str = "where"
+    """"where" (QUERY_TEMPLATE) or "turn" (ORIENT_TEMPLATE)."""
+
+    @property
+    def template(self) -> str:
+        return ORIENT_TEMPLATE if self.question == "turn" else QUERY_TEMPLATE
 
 
 def episode_objects(family: str, split: str, seed: int) -> tuple[str, dict[str, tuple[float, float]]]:
@@ -127,6 +151,17 @@ def denormalise_answer(values: np.ndarray) -> np.ndarray:
     return lo + (values + 1.0) / 2.0 * (hi - lo)
 
 
+def orientation_answer(kind: str, yaw: float, hand_yaw: float) -> np.ndarray:
+    """float64 [4] in [-1, 1] answering "how is the <object> turned?" for a block or bar at `yaw` (rad) with the
+    hand at `hand_yaw`: sin and cos of the yaw on the kind's period, the turn to the nearest grasp yaw over half the
+    period, the hand's yaw over pi."""
+    period = SYMMETRY[kind]
+    phase = 2.0 * math.pi * yaw / period
+    turn = (yaw - hand_yaw + period / 2) % period - period / 2  # nearest equivalent, in [-period/2, period/2)
+    hand = (hand_yaw + math.pi) % (2 * math.pi) - math.pi
+    return np.clip(np.array([math.sin(phase), math.cos(phase), turn / (period / 2), hand / math.pi]), -1.0, 1.0)
+
+
 def untouched_frames(ee_pos: np.ndarray, z: float = UNTOUCHED_Z) -> int:
     """How many leading frames precede the hand's first descent below `z` (objects still at rest)."""
     low = np.flatnonzero(np.asarray(ee_pos)[:, 2] < z)
@@ -134,9 +169,11 @@ def untouched_frames(ee_pos: np.ndarray, z: float = UNTOUCHED_Z) -> int:
 
 
 def demo_queries(family: str, split: str, seed: int, instruction: str, ee_pos: np.ndarray,
-                 task_queries: bool = False) -> list[Query]:
+                 task_queries: bool = False, hand_yaw: np.ndarray | None = None) -> list[Query]:
     """Every (untouched frame, object) question of one demonstration; with `task_queries` also one
-    (untouched frame, TASK_NAME) question per frame, answered with the target's position.
+    (untouched frame, TASK_NAME) question per frame, answered with the target's position; with `hand_yaw`
+    (the hand's yaw per frame, rad: proprio[:, 5] of our demos) also one orientation question per frame and
+    uniquely named block or bar.
 
     Returns [] when re-sampling the seed does not give the recorded instruction (a file written by
     another version of the task code): wrong answers would be worse than none.
@@ -148,10 +185,15 @@ def demo_queries(family: str, split: str, seed: int, instruction: str, ee_pos: n
     asked = list(objects.items())
     if task_queries:
         asked.append((TASK_NAME.format(instruction=instruction), _target_xy(task)))
+    turned = [(f"{p.colour} {p.kind}", p.kind, p.yaw) for p in task.placements
+              if p.kind in SYMMETRY and f"{p.colour} {p.kind}" in objects]
     out = []
     for t in range(untouched_frames(ee_pos)):
         hand = np.asarray(ee_pos[t][:2], dtype=np.float64)
         for name, xy in asked:
             obj = np.asarray(xy, dtype=np.float64)
             out.append(Query(t, name, normalise_answer(np.concatenate([obj, obj - hand]))))
+        if hand_yaw is not None:
+            for name, kind, yaw in turned:
+                out.append(Query(t, name, orientation_answer(kind, yaw, float(hand_yaw[t])), "turn"))
     return out

@@ -119,3 +119,34 @@ def test_push_expert_episode_moves_the_block_the_instructed_way(outcomes):
         assert still["steps"] == env.unwrapped.config.episode_steps
     finally:
         env.close()
+
+
+def test_pick_classes(outcomes):
+    lifted = outcomes.LIFTED + 0.01
+    assert outcomes.classify_pick(True, "target", True, True, 0.06) == "success"
+    assert outcomes.classify_pick(False, "distractor", True, True, lifted) == "lifted distractor first"
+    assert outcomes.classify_pick(False, "target", True, True, lifted) == "lifted target, dropped/low"
+    assert outcomes.classify_pick(False, None, True, True, 0.01) == "pinched, never lifted"
+    assert outcomes.classify_pick(False, None, True, False, 0.0) == "touched, never pinched"
+    assert outcomes.classify_pick(False, None, False, False, 0.0) == "never touched target"
+
+
+@pytest.mark.parametrize("split, distractors", [("id", 0), ("id_clutter", 1)])
+def test_pick_expert_episode_pinches_and_lifts_the_target(outcomes, split, distractors):
+    from sim import make_env
+
+    env = make_env(suite="tabletop", family="pick", split=split, seed=100000, image_size=64)
+    try:
+        ep = outcomes.run_pick_episode(ExpertPolicy(env), env, 100000)
+        assert ep["outcome"] == "success" and ep["first_lifted"] == "target"
+        assert ep["touched"] and ep["pinched"] and ep["target_max_rise_m"] > outcomes.LIFTED
+        assert ep["kind"] in ("block", "cylinder", "bar") and ep["distractors"] == distractors
+        assert ep["first_turn_agrees"] is (None if ep["kind"] == "cylinder" else True)
+        still = outcomes.run_pick_episode(StillPolicy(), env, 100001)
+        assert still["outcome"] == "never touched target" and still["first_lifted"] is None
+        assert not still["touched"] and still["target_max_rise_m"] < outcomes.LIFTED
+        # A hand that never turns does not turn the expert's way (the expert turns first unless already aligned).
+        assert still["first_turn_agrees"] in ((None,) if still["kind"] == "cylinder" else (False,))
+        assert still["steps"] == env.unwrapped.config.episode_steps
+    finally:
+        env.close()

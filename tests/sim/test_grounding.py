@@ -11,8 +11,8 @@ from rlrc_runtime.errors import ConfigError
 from rlrc_runtime.preprocess import ImageTransform
 from rlrc_runtime.prompt import PromptTokenizer
 from sim.data import DemoConfig, DemoReader, write_demos
-from sim.grounding import (ANSWER_RANGES, TASK_NAME, demo_queries, denormalise_answer, episode_objects, episode_target,
-                           normalise_answer, untouched_frames)
+from sim.grounding import (ANSWER_RANGES, SYMMETRY, TASK_NAME, demo_queries, denormalise_answer, episode_objects,
+                           episode_target, normalise_answer, orientation_answer, redraw_task, untouched_frames)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,70 @@ def test_task_queries_need_a_grounding_share(demos, tmp_path):
     assert len(both.query_prompts) == len(plain.query_prompts) + len(set(both.instructions))
     with pytest.raises(ConfigError, match="--ground-frac"):
         TrainConfig(data="x.hdf5", out=str(tmp_path), ground_task=True)
+
+
+def test_orientation_answer_is_the_turn_the_expert_makes():
+    """On real resets: the answer's turn is the rotation from the hand to the expert's grasp yaw, and its
+    sin/cos are the same for every yaw the object looks the same at."""
+    import math
+
+    from sim import make_env
+    from sim.experts import make_expert
+
+    env = make_env(family="pick", split="id", image_size=64)
+    seen = set()
+    try:
+        for seed in range(100000, 100020):
+            env.reset(seed=seed)
+            world = env.unwrapped
+            kind = world.task.placement(world.task.target).kind
+            if kind not in SYMMETRY:
+                continue
+            seen.add(kind)
+            yaw, hand = world.body_yaw(world.task.target), float(world.ee_euler[2])
+            answer = orientation_answer(kind, yaw, hand)
+            period = SYMMETRY[kind]
+            grasp = make_expert(world)._grasp_yaw(world.task.target)
+            assert answer[2] * period / 2 == pytest.approx(grasp - hand, abs=1e-6)
+            assert answer[3] == pytest.approx(hand / math.pi, abs=1e-6)
+            assert np.all(np.abs(answer) <= 1)
+            np.testing.assert_allclose(orientation_answer(kind, yaw + period, hand)[:3], answer[:3], atol=1e-9)
+            # The hand turned by the answer's turn is at a grasp yaw: the turn from there is zero.
+            assert orientation_answer(kind, yaw, hand + answer[2] * period / 2)[2] == pytest.approx(0, abs=1e-9)
+    finally:
+        env.close()
+    assert seen == {"block", "bar"}
+
+
+def test_orientation_queries_for_blocks_and_bars_only(demos, tmp_path):
+    from export.train import TrainConfig
+
+    with DemoReader(demos) as reader:
+        for demo in reader.iter_demos():
+            family, split, seed, ee_pos = reader.episode_info(demo.key)
+            plain = demo_queries(family, split, seed, demo.instruction, ee_pos)
+            both = demo_queries(family, split, seed, demo.instruction, ee_pos, hand_yaw=demo.proprio[:, 5])
+            turned = [q for q in both if q.question == "turn"]
+            assert len(both) == len(plain) + len(turned) and all(q.question == "where" for q in plain)
+            kinds = {f"{p.colour} {p.kind}": p for p in redraw_task(family, split, seed).placements}
+            asked = sorted({q.name for q in turned})
+            assert asked == sorted(n for n, p in kinds.items() if p.kind in SYMMETRY)
+            assert len(turned) == len(asked) * untouched_frames(ee_pos)
+            for q in turned:
+                p = kinds[q.name]
+                np.testing.assert_allclose(q.answer, orientation_answer(p.kind, p.yaw, demo.proprio[q.frame, 5]), atol=1e-6)
+                assert q.template.startswith("In: How is the {instruction} turned?")
+    write_tokenizer(tmp_path)
+    tok = PromptTokenizer.from_dir(tmp_path)
+    transform = ImageTransform.from_config(preset_config(PRESETS["tiny-128"], norm_stats={}))
+    plain_ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True)
+    ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, orientation=True)
+    assert len(ds.query_image) > len(plain_ds.query_image)
+    how = tok.encode_fn("In: How is the")
+    turn_prompts = [i for i, pr in enumerate(ds.query_prompts) if pr[1 : 1 + len(how)].tolist() == how]
+    assert turn_prompts and len(ds.query_prompts) == len(plain_ds.query_prompts) + len(turn_prompts)
+    with pytest.raises(ConfigError, match="--ground-frac"):
+        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_orient=True)
 
 
 def test_answer_normalisation_spans_the_bins():
