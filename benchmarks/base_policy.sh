@@ -32,7 +32,7 @@
 #                              ends there), so that a stage and the recipe together fit the time budget;
 #   PRESET=base-96             trains every stage on that model preset instead of base-128 (export/tiny.py);
 #                              with "--head-rows targets" in TRAIN_EXTRA (and PAIR_EXTRA) 1.76x the samples/s.
-#                              The best run inside 60 min so far, attempt 28 (docs/benchmark.md: 76.3 %), is
+#                              Attempt 28 (docs/benchmark.md: 76.3 %) is
 #                              PRESET=base-96 PAIR_STEPS=1000 PAIR_EXTRA="--attn-role-tokens 2 --head-rows targets"
 #                              TRAIN_EXTRA="--head-rows targets --attn-role 1.0 --attn-role-tokens 2
 #                              --counterfactual-frac 0.0625";
@@ -46,7 +46,9 @@
 #                              58/63 blocks and cylinders; benchmarks/results/pick_outcomes.md). Tried in attempt 29
 #                              on attempt 28's command: bars 10/37, place and stack lost 9 and 7, 72.3 %. Not kept.
 #                              What helped bars is TRAIN_EXTRA="... --ground-orient" (orientation questions; attempt
-#                              31: bars 20/37, pick 78, but stack 55 and the mean 76.0 %);
+#                              31: bars 20/37, pick 78, but stack 55 and the mean 76.0 %); asked about bars only
+#                              ("... --ground-orient --ground-orient-kinds bar", attempt 32) stack keeps its share:
+#                              78.5 % in 57.1 min, the best inside the budget so far (docs/benchmark.md);
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).

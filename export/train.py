@@ -77,6 +77,9 @@ class TrainConfig:
                                                       "is turned ('how is the red bar turned?', answered with its yaw on "
                                                       "its symmetry period, the turn to the nearest grasp yaw and the "
                                                       "hand's yaw; sim/grounding.py)"})
+    ground_orient_kinds: str = field(default="block,bar", metadata={"help": "with --ground-orient: the kinds asked "
+                                                                    "about, comma-separated from block, bar (bar alone "
+                                                                    "keeps the 'where' questions' share in block scenes)"})
     ground_start: float | None = field(default=None, metadata={"help": "grounding share of the first step; it moves "
                                                                "linearly to --ground-frac over --ground-decay-steps (a "
                                                                "binding curriculum: learn to find the named object first). "
@@ -86,6 +89,9 @@ class TrainConfig:
     ground_pair_weight: float = field(default=1.0, metadata={"help": "sampling weight of grounding questions about "
                                                              "scenes with two or more objects (where a colour or kind "
                                                              "word must pick one), against 1 for one-object scenes"})
+    ground_orient_weight: float = field(default=1.0, metadata={"help": "with --ground-orient: sampling weight of the "
+                                                               "orientation questions against 1 for the 'where' ones "
+                                                               "(4 asks bars about 4x as often)"})
     attn_sup: float = field(default=0.0, metadata={"help": "weight of attention supervision: one decoder head's "
                                                  "attention from each colour word of a prompt is pulled towards "
                                                  "the patches of that colour (export/attn_sup.py; training only). "
@@ -138,6 +144,11 @@ class TrainConfig:
         if self.ground_orient and self.ground_frac == 0:
             raise ConfigError("--ground-orient adds questions to the grounding share of each batch; pass --ground-frac "
                               "too (e.g. 0.2)")
+        kinds = [k for k in self.ground_orient_kinds.split(",") if k]
+        from sim.grounding import SYMMETRY
+        if not kinds or any(k not in SYMMETRY for k in kinds):
+            raise ConfigError(f"--ground-orient-kinds={self.ground_orient_kinds!r}: give a comma-separated subset of "
+                              f"{', '.join(SYMMETRY)} (the kinds that have an orientation)")
         if self.ground_start is not None:
             if not 0.0 <= self.ground_start < 1.0 or self.ground_frac == 0:
                 raise ConfigError(f"--ground-start={self.ground_start} must be in [0, 1) and needs --ground-frac > 0")
@@ -152,6 +163,9 @@ class TrainConfig:
                               f"{2.0 / self.batch_size:.3g} (one pair), or drop the option")
         if self.ground_pair_weight <= 0:
             raise ConfigError(f"--ground-pair-weight={self.ground_pair_weight} must be > 0 (1 = uniform)")
+        if self.ground_orient_weight <= 0 or (self.ground_orient_weight != 1.0 and not self.ground_orient):
+            raise ConfigError(f"--ground-orient-weight={self.ground_orient_weight} must be > 0 and weighs the "
+                              "orientation questions: pass --ground-orient too (1 = uniform)")
         if self.attn_role < 0 or self.attn_role_layer < 0:
             raise ConfigError(f"--attn-role={self.attn_role} and --attn-role-layer={self.attn_role_layer} must be >= 0 "
                               "(--attn-role 0 = off)")
@@ -204,6 +218,7 @@ class ActionDataset:
     query_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # [Q, 4]
     query_prompts: list[np.ndarray] = field(default_factory=list)
     query_pair: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [Q] asked in a scene of >= 2 objects
+    query_turn: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [Q] an orientation ("turn") question
     # Colours (palette indices of sim.tasks.COLOURS) of each step's target and goal object, -1 = none or
     # unknown; filled when requested (--attn-role), else empty.
     step_roles: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # [N, 2]
@@ -245,12 +260,13 @@ def load_dataset(
     roles: bool = False,
     counterfactuals: bool = False,
     orientation: bool = False,
+    orient_kinds: tuple[str, ...] | None = None,
 ) -> ActionDataset:
     """Read demos, compute (or reuse) norm_stats, and tokenize actions and instructions.
 
     With ``grounding`` the grounding queries of every demo of ours are built too (sim.grounding),
     with ``task_queries`` including "where is the object to move to <instruction>?" and with ``orientation``
-    "how is the <colour> <block or bar> turned?". With ``roles`` the
+    "how is the <colour> <block or bar> turned?" (of the kinds in ``orient_kinds``; default both). With ``roles`` the
     colours of each step's target and goal objects are looked up too (``step_roles``, for --attn-role).
     With ``counterfactuals`` the swapped-instruction samples of every stack and push demo of ours are
     built (sim.counterfactual, for --counterfactual-frac).
@@ -260,7 +276,7 @@ def load_dataset(
     names: dict[str, int] = {}
     n_demos = 0
     offset = 0
-    q_image, q_prompt, q_answer, q_pair, q_names = [], [], [], [], {}
+    q_image, q_prompt, q_answer, q_pair, q_turn, q_names = [], [], [], [], [], {}
     step_roles: list[np.ndarray] = []
     cf_image, cf_instr, cf_action, cf_family, cf_roles = [], [], [], [], []
     for path in files:
@@ -270,13 +286,14 @@ def load_dataset(
             for demo in reader.iter_demos():
                 n_demos += 1
                 if grounding:
-                    queries = _demo_queries(reader, demo, task_queries, orientation)
+                    queries = _demo_queries(reader, demo, task_queries, orientation, orient_kinds)
                     n_objects = len({q.name for q in queries}) - int(task_queries)
                     for q in queries:
                         q_image.append(offset + q.frame)
                         q_prompt.append(q_names.setdefault((q.template, q.name), len(q_names)))
                         q_answer.append(q.answer)
                         q_pair.append(n_objects >= 2)
+                        q_turn.append(q.question == "turn")
                 demo_roles = _demo_roles(reader, demo) if roles else None
                 if demo_roles is not None:
                     step_roles.append(np.tile(demo_roles, (len(demo), 1)))
@@ -333,6 +350,7 @@ def load_dataset(
         query_tokens=action_tokenizer.encode(np.asarray(q_answer).reshape(-1, 4)).astype(np.int64),
         query_prompts=[dataclasses.replace(tokenizer, template=template)(name) for template, name in q_names],
         query_pair=np.asarray(q_pair, bool),
+        query_turn=np.asarray(q_turn, bool),
         step_roles=np.concatenate(step_roles) if roles else np.zeros((0, 2), np.int64),
         cf_image=np.asarray(cf_image, np.int64),
         cf_prompt=np.asarray(cf_instr, np.int64),
@@ -343,7 +361,8 @@ def load_dataset(
     )
 
 
-def _demo_queries(reader: Any, demo: Any, task_queries: bool, orientation: bool = False) -> list[Any]:
+def _demo_queries(reader: Any, demo: Any, task_queries: bool, orientation: bool = False,
+                  orient_kinds: tuple[str, ...] | None = None) -> list[Any]:
     from sim.grounding import demo_queries
 
     info = reader.episode_info(demo.key)
@@ -352,7 +371,8 @@ def _demo_queries(reader: Any, demo: Any, task_queries: bool, orientation: bool 
     family, split, seed, ee_pos = info
     # Our demos' proprio is [x, y, z, roll, pitch, yaw, gripper] (sim.env).
     hand_yaw = demo.proprio[:, 5] if orientation and demo.proprio is not None else None
-    return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries, hand_yaw)
+    kinds = {} if orient_kinds is None else {"orient_kinds": orient_kinds}
+    return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries, hand_yaw, **kinds)
 
 
 def _demo_counterfactuals(reader: Any, demo: Any) -> list[tuple[Any, str]]:
@@ -611,11 +631,12 @@ def ground_share(step: int, cfg: TrainConfig) -> float:
     return cfg.ground_start + (cfg.ground_frac - cfg.ground_start) * t
 
 
-def query_weights(ds: ActionDataset, pair_weight: float) -> torch.Tensor | None:
-    """Sampling weights of the grounding questions (None = uniform)."""
-    if pair_weight == 1.0 or not len(ds.query_image):
+def query_weights(ds: ActionDataset, pair_weight: float, turn_weight: float = 1.0) -> torch.Tensor | None:
+    """Sampling weights of the grounding questions (None = uniform): `pair_weight` for those about scenes of two or
+    more objects, times `turn_weight` for the orientation ones."""
+    if (pair_weight == 1.0 and turn_weight == 1.0) or not len(ds.query_image):
         return None
-    return torch.from_numpy(np.where(ds.query_pair, pair_weight, 1.0))
+    return torch.from_numpy(np.where(ds.query_pair, pair_weight, 1.0) * np.where(ds.query_turn, turn_weight, 1.0))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -702,7 +723,8 @@ def train(cfg: TrainConfig) -> Path | None:
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats,
                       grounding=cfg.ground_frac > 0, task_queries=cfg.ground_task, roles=cfg.attn_role > 0,
-                      counterfactuals=cfg.counterfactual_frac > 0, orientation=cfg.ground_orient)
+                      counterfactuals=cfg.counterfactual_frac > 0, orientation=cfg.ground_orient,
+                      orient_kinds=tuple(k for k in cfg.ground_orient_kinds.split(",") if k))
     log.info("loaded %d steps, %d instructions from %s in %.1fs", len(ds), len(ds.instructions), cfg.data, time.perf_counter() - t0)
     if cfg.counterfactual_frac > 0:
         log.info("%d counterfactual samples", len(ds.cf_image))
@@ -726,7 +748,7 @@ def train(cfg: TrainConfig) -> Path | None:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    q_weights = query_weights(ds, cfg.ground_pair_weight)
+    q_weights = query_weights(ds, cfg.ground_pair_weight, cfg.ground_orient_weight)
     step = 0
     ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     if resume:

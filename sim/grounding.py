@@ -169,11 +169,12 @@ def untouched_frames(ee_pos: np.ndarray, z: float = UNTOUCHED_Z) -> int:
 
 
 def demo_queries(family: str, split: str, seed: int, instruction: str, ee_pos: np.ndarray,
-                 task_queries: bool = False, hand_yaw: np.ndarray | None = None) -> list[Query]:
+                 task_queries: bool = False, hand_yaw: np.ndarray | None = None,
+                 orient_kinds: tuple[str, ...] = tuple(SYMMETRY)) -> list[Query]:
     """Every (untouched frame, object) question of one demonstration; with `task_queries` also one
     (untouched frame, TASK_NAME) question per frame, answered with the target's position; with `hand_yaw`
     (the hand's yaw per frame, rad: proprio[:, 5] of our demos) also one orientation question per frame and
-    uniquely named block or bar.
+    uniquely named object whose kind is in `orient_kinds` (a subset of SYMMETRY's: blocks and bars).
 
     Returns [] when re-sampling the seed does not give the recorded instruction (a file written by
     another version of the task code): wrong answers would be worse than none.
@@ -186,7 +187,7 @@ def demo_queries(family: str, split: str, seed: int, instruction: str, ee_pos: n
     if task_queries:
         asked.append((TASK_NAME.format(instruction=instruction), _target_xy(task)))
     turned = [(f"{p.colour} {p.kind}", p.kind, p.yaw) for p in task.placements
-              if p.kind in SYMMETRY and f"{p.colour} {p.kind}" in objects]
+              if p.kind in SYMMETRY and p.kind in orient_kinds and f"{p.colour} {p.kind}" in objects]
     out = []
     for t in range(untouched_frames(ee_pos)):
         hand = np.asarray(ee_pos[t][:2], dtype=np.float64)

@@ -146,6 +146,9 @@ def test_orientation_queries_for_blocks_and_bars_only(demos, tmp_path):
             asked = sorted({q.name for q in turned})
             assert asked == sorted(n for n, p in kinds.items() if p.kind in SYMMETRY)
             assert len(turned) == len(asked) * untouched_frames(ee_pos)
+            bars = demo_queries(family, split, seed, demo.instruction, ee_pos, hand_yaw=demo.proprio[:, 5],
+                                orient_kinds=("bar",))
+            assert [q for q in bars if q.question == "turn"] == [q for q in turned if kinds[q.name].kind == "bar"]
             for q in turned:
                 p = kinds[q.name]
                 np.testing.assert_allclose(q.answer, orientation_answer(p.kind, p.yaw, demo.proprio[q.frame, 5]), atol=1e-6)
@@ -161,6 +164,26 @@ def test_orientation_queries_for_blocks_and_bars_only(demos, tmp_path):
     assert turn_prompts and len(ds.query_prompts) == len(plain_ds.query_prompts) + len(turn_prompts)
     with pytest.raises(ConfigError, match="--ground-frac"):
         TrainConfig(data="x.hdf5", out=str(tmp_path), ground_orient=True)
+    with pytest.raises(ConfigError, match="pass --ground-orient too"):
+        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, ground_orient_weight=4.0)
+    with pytest.raises(ConfigError, match="subset of block, bar"):
+        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, ground_orient=True, ground_orient_kinds="cylinder")
+    bar_ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, orientation=True,
+                          orient_kinds=("bar",))
+    assert len(plain_ds.query_image) <= len(bar_ds.query_image) < len(ds.query_image)
+
+
+def test_orientation_queries_of_chosen_kinds():
+    """--ground-orient-kinds bar: a clutter scene with a bar and blocks is asked how the bar is turned, not the blocks."""
+    seed = next(s for s in range(500) if {p.kind for p in redraw_task("pick", "id_clutter", s).placements} >= {"bar", "block"})
+    instruction, objects = episode_objects("pick", "id_clutter", seed)
+    ee_pos = np.tile([0.0, 0.0, 0.2], (3, 1))
+    kinds = {f"{p.colour} {p.kind}": p.kind for p in redraw_task("pick", "id_clutter", seed).placements}
+    for asked in [("bar",), ("block",), ("block", "bar")]:
+        queries = demo_queries("pick", "id_clutter", seed, instruction, ee_pos, hand_yaw=np.zeros(3), orient_kinds=asked)
+        turned = {q.name for q in queries if q.question == "turn"}
+        assert turned == {n for n in objects if kinds[n] in asked}
+        assert len([q for q in queries if q.question == "where"]) == 3 * len(objects)
 
 
 def test_answer_normalisation_spans_the_bins():
@@ -223,6 +246,12 @@ def test_pair_scenes_are_flagged_and_weighted(demos, tmp_path):
     share = ds.query_pair[draws.numpy()].mean()
     expected = 4 * ds.query_pair.sum() / w.sum()
     assert abs(share - expected) < 0.03
+    # --ground-orient-weight multiplies the orientation questions' weight (the fixture's blocks are asked about).
+    turned = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, orientation=True)
+    assert turned.query_turn.any() and not turned.query_turn.all() and not ds.query_turn.any()
+    w = query_weights(turned, 1.0, 3.0).numpy()
+    np.testing.assert_array_equal(w, np.where(turned.query_turn, 3.0, 1.0))
+    np.testing.assert_array_equal(query_weights(turned, 4.0, 3.0).numpy(), np.where(turned.query_pair, 4.0, 1.0) * w)
 
 
 def test_grounding_share_schedule(tmp_path):
