@@ -363,7 +363,7 @@ def load_dataset(
 
 def _demo_queries(reader: Any, demo: Any, task_queries: bool, orientation: bool = False,
                   orient_kinds: tuple[str, ...] | None = None) -> list[Any]:
-    from sim.grounding import demo_queries
+    from sim.grounding import SYMMETRY, demo_queries
 
     info = reader.episode_info(demo.key)
     if info is None:
@@ -371,8 +371,8 @@ def _demo_queries(reader: Any, demo: Any, task_queries: bool, orientation: bool 
     family, split, seed, ee_pos = info
     # Our demos' proprio is [x, y, z, roll, pitch, yaw, gripper] (sim.env).
     hand_yaw = demo.proprio[:, 5] if orientation and demo.proprio is not None else None
-    kinds = {} if orient_kinds is None else {"orient_kinds": orient_kinds}
-    return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries, hand_yaw, **kinds)
+    return demo_queries(family, split, seed, demo.instruction, ee_pos, task_queries, hand_yaw,
+                        tuple(SYMMETRY) if orient_kinds is None else orient_kinds)
 
 
 def _demo_counterfactuals(reader: Any, demo: Any) -> list[tuple[Any, str]]:
