@@ -135,6 +135,11 @@ class TrainConfig:
     stop_after: int = field(default=0, metadata={"help": "stop (state saved) after this many steps in this run; "
                                                  "0 = run to --steps. For time-sliced jobs; rerun to resume"})
 
+    @property
+    def orient_kinds(self) -> tuple[str, ...]:
+        """--ground-orient-kinds as a tuple of kinds."""
+        return tuple(k for k in self.ground_orient_kinds.split(",") if k)
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.ground_frac < 1.0:
             raise ConfigError(f"--ground-frac={self.ground_frac} must be in [0, 1)")
@@ -144,9 +149,8 @@ class TrainConfig:
         if self.ground_orient and self.ground_frac == 0:
             raise ConfigError("--ground-orient adds questions to the grounding share of each batch; pass --ground-frac "
                               "too (e.g. 0.2)")
-        kinds = [k for k in self.ground_orient_kinds.split(",") if k]
         from sim.grounding import SYMMETRY
-        if not kinds or any(k not in SYMMETRY for k in kinds):
+        if not self.orient_kinds or any(k not in SYMMETRY for k in self.orient_kinds):
             raise ConfigError(f"--ground-orient-kinds={self.ground_orient_kinds!r}: give a comma-separated subset of "
                               f"{', '.join(SYMMETRY)} (the kinds that have an orientation)")
         if self.ground_start is not None:
@@ -724,7 +728,7 @@ def train(cfg: TrainConfig) -> Path | None:
     ds = load_dataset(cfg.data_files, transform, tokenizer, action_tok, cfg.dataset_key, init_stats,
                       grounding=cfg.ground_frac > 0, task_queries=cfg.ground_task, roles=cfg.attn_role > 0,
                       counterfactuals=cfg.counterfactual_frac > 0, orientation=cfg.ground_orient,
-                      orient_kinds=tuple(k for k in cfg.ground_orient_kinds.split(",") if k))
+                      orient_kinds=cfg.orient_kinds)
     log.info("loaded %d steps, %d instructions from %s in %.1fs", len(ds), len(ds.instructions), cfg.data, time.perf_counter() - t0)
     if cfg.counterfactual_frac > 0:
         log.info("%d counterfactual samples", len(ds.cf_image))
