@@ -2,53 +2,40 @@
 # The built-in benchmark's base policy, from nothing, in one command (issue: built-in benchmark):
 #   bash benchmarks/base_policy.sh [OUT_DIR]          (default artifacts/base_policy)
 # 1. expert demonstrations on the id split: 2000 clean + 2000 with DART action noise (labels stay
-#    the expert's);
-# 2. rlrc-train from scratch, preset base-128 (OpenVLA architecture at 128 px, ~9 M params), soft
-#    (HL-Gauss, sigma 2 bins) action-token targets, 2-D sine-cosine position-embedding init and
-#    20 % grounding queries in every batch: "Where is the red block?" and "Where is the object to move
-#    to <instruction>?" (--ground-task), answered from simulator state (sim/grounding.py);
-# 3. rlrc-eval, 100 episodes per family: id, ood (the four shifts mixed) and id_clutter (the id tasks
+#    the expert's), and 1000 stack episodes for the pair stage;
+# 2. a pair stage: 1000 steps on counterfactual stack pairs (95 % of each batch: a frame with its
+#    instruction, and the same frame with the colours swapped and the expert's action for that) with the
+#    role-attention term on the first two action positions, at a flat learning rate;
+# 3. rlrc-train from that model, preset base-96 (OpenVLA architecture at 96 px), 6400 steps, soft (HL-Gauss,
+#    sigma 2 bins) action-token targets, 2-D sine-cosine position-embedding init, loss on the target rows
+#    of the head only (--head-rows targets), 20 % grounding queries in every batch ("Where is the red
+#    block?", "Where is the object to move to <instruction>?" and, for bars, "How is the red bar
+#    turned?"), 6.25 % counterfactual pairs and the role-attention term;
+# 4. rlrc-eval, 100 episodes per family: id, ood (the four shifts mixed) and id_clutter (the id tasks
 #    among distractors, which needs colour binding: see benchmarks/results/grounding_bench.md).
+# This is attempt 32 of docs/training.md (78.5 % on id, 57.1 min of training on the 2-core host). The
+# recipe before it (base-128, no stage, no terms: 69.0 %) is `git show 66ff4cd:benchmarks/base_policy.sh`.
 # Every stage is skipped when its output exists, and training resumes from its last state, so a run
-# cut off by a restart continues where it stopped. Wall times (demos, training) go to
+# cut off by a restart continues where it stopped. Wall times (demos, stages) go to
 # OUT/wall_time.txt. Results: OUT/eval_*.json/.png, copied to benchmarks/results/eval_base_*.json/.png
 # when the run is the recipe itself (no variant option below).
-# Variants (how the attempts in docs/training.md differ from the recipe):
+# Variants (how later attempts differ from the recipe; the options add to the recipe's):
 #   SPLITS="id"                evaluates only the id split (what the reproduction check needs);
-#   TRAIN_EXTRA="--attn-sup 1.0"  adds rlrc-train options to the recipe's training; with "--ema 0.999" the
+#   TRAIN_EXTRA="--ema 0.999"  adds rlrc-train options to the recipe's training; with "--ema 0.999" the
 #                              weights of run/final stay the recipe's and run/final_ema (their moving
 #                              average) is evaluated too, as eval_ema_*;
-#   BIND_STEPS=1000            first trains that many steps on grounding questions alone about 1000
-#                              two-block (stack) scenes, with attention supervision, and starts the
-#                              recipe's training from that model (a binding pre-stage; 0 = none);
-#   PAIR_STEPS=800             first trains that many steps on counterfactual stack pairs (95 % of each batch:
-#                              a frame with its instruction, and the same frame with the colours swapped and
-#                              the expert's action for that) with --attn-role, at a flat learning rate, and
-#                              starts the recipe's training from that model (benchmarks/binding_fit.py's
-#                              setting, the first in which the action followed the colour words:
-#                              benchmarks/results/binding_fit_stack.md; 0 = none; not with BIND_STEPS);
-#   PAIR_EXTRA="--attn-role-tokens 2"  adds rlrc-train options to that stage;
-#   STEPS=2800                 trains the recipe's part for that many steps instead of 6400 (its cosine schedule
-#                              ends there), so that a stage and the recipe together fit the time budget;
-#   PRESET=base-96             trains every stage on that model preset instead of base-128 (export/tiny.py);
-#                              with "--head-rows targets" in TRAIN_EXTRA (and PAIR_EXTRA) 1.76x the samples/s.
-#                              Attempt 28 (docs/benchmark.md: 76.3 %) is
-#                              PRESET=base-96 PAIR_STEPS=1000 PAIR_EXTRA="--attn-role-tokens 2 --head-rows targets"
-#                              TRAIN_EXTRA="--head-rows targets --attn-role 1.0 --attn-role-tokens 2
-#                              --counterfactual-frac 0.0625";
-#                              its step rate on the 2-core host varies between 135 and 176 samples/s in phases, so a
-#                              60-minute budget holds ~6800 recipe steps after its stage (attempt 27: 7000 steps,
-#                              58.1 min, the same success);
+#   PAIR_EXTRA="--lr 5e-4"     adds rlrc-train options to the pair stage;
+#   PAIR_STEPS=0               no pair stage (the recipe's part then starts from scratch); another number
+#                              trains the stage for that many steps;
+#   BIND_STEPS=1000            (with PAIR_STEPS=0) first trains that many steps on grounding questions alone
+#                              about the 1000 stack scenes, with attention supervision, and starts the
+#                              recipe's part from that model (attempt 13; 0 = none);
+#   STEPS=2800                 trains the recipe's part for that many steps instead of 6400 (its cosine
+#                              schedule ends there);
+#   PRESET=base-128            trains every stage on that model preset instead of base-96 (export/tiny.py);
 #   PICK_DART=1000             also writes that many pick-only episodes with DART noise
 #                              (demos_pick_dart_N.hdf5, reset seeds from 900000) and trains the recipe's part on
-#                              them too: pick frames go from ~18 % to ~33 % of the action samples. Pick is the
-#                              family below 80 % in every base-96 run, all of it from bars (attempt 28: 8/37 bars,
-#                              58/63 blocks and cylinders; benchmarks/results/pick_outcomes.md). Tried in attempt 29
-#                              on attempt 28's command: bars 10/37, place and stack lost 9 and 7, 72.3 %. Not kept.
-#                              What helped bars is TRAIN_EXTRA="... --ground-orient" (orientation questions; attempt
-#                              31: bars 20/37, pick 78, but stack 55 and the mean 76.0 %); asked about bars only
-#                              ("... --ground-orient --ground-orient-kinds bar", attempt 32) stack keeps its share:
-#                              78.5 % in 57.1 min, the best inside the budget so far (docs/benchmark.md);
+#                              them too (attempt 29: bars 10/37, place and stack lost 9 and 7; not kept);
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
@@ -60,19 +47,19 @@ OUT=${1:-artifacts/base_policy}
 BIND_STEPS=${BIND_STEPS:-0}
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
 DROP_PROB=${DROP_PROB:-0}
-PAIR_STEPS=${PAIR_STEPS:-0}
+PAIR_STEPS=${PAIR_STEPS:-1000}
 PAIR_EXTRA=${PAIR_EXTRA:-}
 STEPS=${STEPS:-6400}
 PICK_DART=${PICK_DART:-0}
-PRESET=${PRESET:-base-128}
+PRESET=${PRESET:-base-96}
 if [ "$PAIR_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
-  echo "base_policy.sh: set BIND_STEPS or PAIR_STEPS, not both (each is a stage the recipe starts from)" >&2
+  echo "base_policy.sh: BIND_STEPS=$BIND_STEPS needs PAIR_STEPS=0 (each is a stage the recipe starts from; the recipe has a $PAIR_STEPS-step pair stage)" >&2
   exit 2
 fi
 BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 RECIPE=1
-[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 0 ] && [ "$STEPS" = 6400 ] && [ "$PRESET" = base-128 ] \
+[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 1000 ] && [ "$STEPS" = 6400 ] && [ "$PRESET" = base-96 ] \
   && [ "$PICK_DART" = 0 ] || RECIPE=0
 DART=demos_id_dart_2000.hdf5
 DROP=()
@@ -117,7 +104,7 @@ if [ "$PAIR_STEPS" != 0 ]; then
     $BIN/rlrc-train --data "$OUT/demos_stack_1000.hdf5" --out "$OUT/pairs" --dataset-key stack_pairs \
       --preset "$PRESET" --steps "$PAIR_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --min-lr-ratio 1 \
       --label-sigma 2 --pos-init sincos --counterfactual-frac 0.95 --attn-role 1.0 --save-every 200 --log-every 50 \
-      --keep-checkpoints 2 $PAIR_EXTRA
+      --keep-checkpoints 2 --attn-role-tokens 2 --head-rows targets $PAIR_EXTRA
     echo "pair stage wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
   fi
   INIT=(--init "$OUT/pairs/final")
@@ -129,7 +116,9 @@ if [ ! -f "$RUN/final/config.json" ]; then
   # shellcheck disable=SC2086  # TRAIN_EXTRA is a list of options
   $BIN/rlrc-train --data "$DATA" --out "$RUN" "${INIT[@]}" \
     --preset "$PRESET" --steps "$STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
-    --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3 $TRAIN_EXTRA
+    --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3 \
+    --head-rows targets --attn-role 1.0 --attn-role-tokens 2 --counterfactual-frac 0.0625 --ground-orient \
+    --ground-orient-kinds bar $TRAIN_EXTRA
   echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
 fi
 
