@@ -36,6 +36,12 @@
 #   PICK_DART=1000             also writes that many pick-only episodes with DART noise
 #                              (demos_pick_dart_N.hdf5, reset seeds from 900000) and trains the recipe's part on
 #                              them too (attempt 29: bars 10/37, place and stack lost 9 and 7; not kept);
+#   ORIENT_STEPS=1200          first trains that many steps on 2000 extra pick demos (demos_pick_2000.hdf5, reset
+#                              seeds from 900000), 95 % of each batch grounding questions with the bar orientation
+#                              question 20x as likely as a "where" one, at a flat learning rate, and starts the
+#                              pair stage (or, with PAIR_STEPS=0, the recipe's part) from that model. Without it
+#                              no base policy reads a bar's yaw (benchmarks/orient_probe.py: chance); after 1200
+#                              such steps it does, roughly (orient_probe: 31 degrees mean error, turn sign 0.79);
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
@@ -51,7 +57,12 @@ PAIR_STEPS=${PAIR_STEPS:-1000}
 PAIR_EXTRA=${PAIR_EXTRA:-}
 STEPS=${STEPS:-6400}
 PICK_DART=${PICK_DART:-0}
+ORIENT_STEPS=${ORIENT_STEPS:-0}
 PRESET=${PRESET:-base-96}
+if [ "$ORIENT_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
+  echo "base_policy.sh: ORIENT_STEPS and BIND_STEPS are both first stages; set one" >&2
+  exit 2
+fi
 if [ "$PAIR_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
   echo "base_policy.sh: BIND_STEPS=$BIND_STEPS needs PAIR_STEPS=0 (each is a stage the recipe starts from; the recipe has a $PAIR_STEPS-step pair stage)" >&2
   exit 2
@@ -60,7 +71,7 @@ BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 RECIPE=1
 [ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 1000 ] && [ "$STEPS" = 6400 ] && [ "$PRESET" = base-96 ] \
-  && [ "$PICK_DART" = 0 ] || RECIPE=0
+  && [ "$PICK_DART" = 0 ] && [ "$ORIENT_STEPS" = 0 ] || RECIPE=0
 DART=demos_id_dart_2000.hdf5
 DROP=()
 if [ "$DROP_PROB" != 0 ]; then
@@ -85,6 +96,19 @@ fi
 [ -f "$OUT/wall_time.txt" ] || echo "demos wall time: $(( $(date +%s) - t0 )) s" | tee "$OUT/wall_time.txt"
 
 INIT=()
+if [ "$ORIENT_STEPS" != 0 ]; then
+  [ -f "$OUT/demos_pick_2000.hdf5" ] || $BIN/rlrc-sim demos --episodes 2000 --families pick \
+    --out "$OUT/demos_pick_2000.hdf5" --workers 2 --seed 900000
+  if [ ! -f "$OUT/orient/final/config.json" ]; then
+    start=$(date +%s)
+    $BIN/rlrc-train --data "$OUT/demos_pick_2000.hdf5" --out "$OUT/orient" --dataset-key orient_stage \
+      --preset "$PRESET" --steps "$ORIENT_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 50 --min-lr-ratio 1 \
+      --label-sigma 2 --pos-init sincos --head-rows targets --ground-frac 0.95 --ground-orient \
+      --ground-orient-kinds bar --ground-orient-weight 20 --save-every 400 --log-every 50 --keep-checkpoints 3
+    echo "orientation stage wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
+  fi
+  INIT=(--init "$OUT/orient/final")
+fi
 if [ "$BIND_STEPS" != 0 ]; then
   # Its own norm_stats key, so the recipe's stage computes the statistics of its own data.
   if [ ! -f "$OUT/bind/final/config.json" ]; then
@@ -101,7 +125,7 @@ if [ "$PAIR_STEPS" != 0 ]; then
   if [ ! -f "$OUT/pairs/final/config.json" ]; then
     start=$(date +%s)
     # shellcheck disable=SC2086  # PAIR_EXTRA is a list of options
-    $BIN/rlrc-train --data "$OUT/demos_stack_1000.hdf5" --out "$OUT/pairs" --dataset-key stack_pairs \
+    $BIN/rlrc-train --data "$OUT/demos_stack_1000.hdf5" --out "$OUT/pairs" --dataset-key stack_pairs "${INIT[@]}" \
       --preset "$PRESET" --steps "$PAIR_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --min-lr-ratio 1 \
       --label-sigma 2 --pos-init sincos --counterfactual-frac 0.95 --attn-role 1.0 --save-every 200 --log-every 50 \
       --keep-checkpoints 2 --attn-role-tokens 2 --head-rows targets $PAIR_EXTRA

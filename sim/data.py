@@ -101,7 +101,7 @@ def run_expert_episode(family: str, split: str, seed: int, image_size: int = 128
     executes "open" for DROP_STEPS steps soon after the grasp while the file records the expert's
     "closed": the block falls, and the expert (which sees it has lost the block) goes back and grasps
     it again. Trained base policies that dropped a block in transit never went back for it
-    (benchmarks/results/eval_base_id.md); the drop-free demos never show a re-grasp.
+    (benchmarks/results/eval_base_attempt16_id.md); the drop-free demos never show a re-grasp.
     """
     from sim.env import MAX_ROTATION, MAX_TRANSLATION
     from sim.env import make_env
