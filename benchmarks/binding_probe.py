@@ -44,12 +44,15 @@ QUESTIONS = ("task", "target", "other")
 class Asker:
     """Greedy answers of one checkpoint to grounding questions, as table (x, y) in metres."""
 
+    TEMPLATE = QUERY_TEMPLATE
+    """The question's prompt; a subclass asks another question with the same model and tokenizers."""
+
     def __init__(self, ckpt: str | Path) -> None:
         self.model, info = load_model(ckpt, require_norm_stats=False, device="cpu")
         self.model.eval()
         config = info.config
         self.transform = ImageTransform.from_config(config)
-        self.tokenizer = dataclasses.replace(PromptTokenizer.from_dir(ckpt), template=QUERY_TEMPLATE)
+        self.tokenizer = dataclasses.replace(PromptTokenizer.from_dir(ckpt), template=self.TEMPLATE)
         self.actions = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
 
     def __call__(self, image: np.ndarray, names: list[str]) -> np.ndarray:

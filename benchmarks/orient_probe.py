@@ -20,7 +20,6 @@ are at chance does not see the bar's orientation at all. Chance for the bar's ya
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -31,12 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.binding_probe import Asker  # noqa: E402
 from benchmarks.probe_report import write_report  # noqa: E402
-from export.checkpoint import load_model  # noqa: E402
 from rlrc_runtime import load_policy  # noqa: E402
-from rlrc_runtime.action import ActionTokenizer  # noqa: E402
-from rlrc_runtime.preprocess import ImageTransform  # noqa: E402
-from rlrc_runtime.prompt import PromptTokenizer  # noqa: E402
 from sim import make_env  # noqa: E402
 from sim.evaluate import to_env_action  # noqa: E402
 from sim.grounding import ORIENT_TEMPLATE, SYMMETRY, orientation_answer, redraw_task  # noqa: E402
@@ -44,16 +40,10 @@ from sim.grounding import ORIENT_TEMPLATE, SYMMETRY, orientation_answer, redraw_
 BAR_PERIOD = SYMMETRY["bar"]
 
 
-class OrientAsker:
+class OrientAsker(Asker):
     """Greedy answers of one checkpoint to "How is the <name> turned?": four values in [-1, 1]."""
 
-    def __init__(self, ckpt: str | Path) -> None:
-        self.model, info = load_model(ckpt, require_norm_stats=False, device="cpu")
-        self.model.eval()
-        config = info.config
-        self.transform = ImageTransform.from_config(config)
-        self.tokenizer = dataclasses.replace(PromptTokenizer.from_dir(ckpt), template=ORIENT_TEMPLATE)
-        self.actions = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
+    TEMPLATE = ORIENT_TEMPLATE
 
     def __call__(self, image: np.ndarray, name: str) -> np.ndarray:
         pixels = torch.from_numpy(self.transform(image))
