@@ -2,19 +2,24 @@
 # The built-in benchmark's base policy, from nothing, in one command (issue: built-in benchmark):
 #   bash benchmarks/base_policy.sh [OUT_DIR]          (default artifacts/base_policy)
 # 1. expert demonstrations on the id split: 2000 clean + 2000 with DART action noise (labels stay
-#    the expert's), and 1000 stack episodes for the pair stage;
-# 2. a pair stage: 1000 steps on counterfactual stack pairs (95 % of each batch: a frame with its
+#    the expert's), 1000 stack episodes for the pair stage and 2000 pick episodes for the orientation;
+# 2. an orientation stage: 1200 steps on the pick demos, 95 % of each batch grounding questions, "How is
+#    the red bar turned?" 20x as likely as a "where" question, at a flat learning rate (without it no
+#    policy reads a bar's yaw: benchmarks/results/orient_probe.md);
+# 3. a pair stage from it: 1000 steps on counterfactual stack pairs (80 % of each batch: a frame with its
 #    instruction, and the same frame with the colours swapped and the expert's action for that) with the
-#    role-attention term on the first two action positions, at a flat learning rate;
-# 3. rlrc-train from that model, preset base-96 (OpenVLA architecture at 96 px), 6400 steps, soft (HL-Gauss,
+#    role-attention term on the first two action positions, plus the pick demos and 15 % bar-weighted
+#    grounding questions so the orientation is kept, at a flat learning rate;
+# 4. rlrc-train from that model, preset base-96 (OpenVLA architecture at 96 px), 5600 steps, soft (HL-Gauss,
 #    sigma 2 bins) action-token targets, 2-D sine-cosine position-embedding init, loss on the target rows
 #    of the head only (--head-rows targets), 20 % grounding queries in every batch ("Where is the red
 #    block?", "Where is the object to move to <instruction>?" and, for bars, "How is the red bar
-#    turned?"), 6.25 % counterfactual pairs and the role-attention term;
-# 4. rlrc-eval, 100 episodes per family: id, ood (the four shifts mixed) and id_clutter (the id tasks
+#    turned?", asked 8x as often as a "where" question), 6.25 % counterfactual pairs and the role-attention term;
+# 5. rlrc-eval, 100 episodes per family: id, ood (the four shifts mixed) and id_clutter (the id tasks
 #    among distractors, which needs colour binding: see benchmarks/results/grounding_bench.md).
-# This is attempt 32 of docs/training.md (78.5 % on id, 57.1 min of training on the 2-core host). The
-# recipe before it (base-128, no stage, no terms: 69.0 %) is `git show 66ff4cd:benchmarks/base_policy.sh`.
+# This is attempt 35 of docs/training.md (81.8 % on id, 57.4 min of training on the 2-core host). The
+# recipe before it, attempt 32 (78.5 %), is `ORIENT_STEPS=0 ORIENT_KEEP=0 STEPS=6400`; the one before that
+# (base-128, no stage, no terms: 69.0 %) is `git show 66ff4cd:benchmarks/base_policy.sh`.
 # Every stage is skipped when its output exists, and training resumes from its last state, so a run
 # cut off by a restart continues where it stopped. Wall times (demos, stages) go to
 # OUT/wall_time.txt. Results: OUT/eval_*.json/.png, copied to benchmarks/results/eval_base_*.json/.png
@@ -30,18 +35,19 @@
 #   BIND_STEPS=1000            (with PAIR_STEPS=0) first trains that many steps on grounding questions alone
 #                              about the 1000 stack scenes, with attention supervision, and starts the
 #                              recipe's part from that model (attempt 13; 0 = none);
-#   STEPS=2800                 trains the recipe's part for that many steps instead of 6400 (its cosine
+#   STEPS=2800                 trains the recipe's part for that many steps instead of 5600 (its cosine
 #                              schedule ends there);
 #   PRESET=base-128            trains every stage on that model preset instead of base-96 (export/tiny.py);
 #   PICK_DART=1000             also writes that many pick-only episodes with DART noise
 #                              (demos_pick_dart_N.hdf5, reset seeds from 900000) and trains the recipe's part on
 #                              them too (attempt 29: bars 10/37, place and stack lost 9 and 7; not kept);
-#   ORIENT_STEPS=1200          first trains that many steps on 2000 extra pick demos (demos_pick_2000.hdf5, reset
-#                              seeds from 900000), 95 % of each batch grounding questions with the bar orientation
-#                              question 20x as likely as a "where" one, at a flat learning rate, and starts the
-#                              pair stage (or, with PAIR_STEPS=0, the recipe's part) from that model. Without it
-#                              no base policy reads a bar's yaw (benchmarks/orient_probe.py: chance); after 1200
-#                              such steps it does, roughly (orient_probe: 31 degrees mean error, turn sign 0.79);
+#   ORIENT_STEPS=0 ORIENT_KEEP=0  no orientation stage and no orientation kept (attempt 32, with STEPS=6400);
+#                              ORIENT_STEPS=N trains the orientation stage for N steps instead of 1200 (400 teach
+#                              nothing: orient_probe.md);
+#   ORIENT_KEEP=0              (attempt 34) the orientation stage, but the later stages as in attempt 32: the pair
+#                              stage on stack pairs alone (95 %) and bar questions as likely as a "where" one, which
+#                              washes the orientation out (orient_probe: 45.7 degrees at the end, chance 45);
+#                              ORIENT_KEEP=W asks the recipe's part about bars W times as often instead of 8;
 #   DROP_PROB=0.5              writes the DART file with `rlrc-sim demos --drop-prob 0.5` instead (a forced
 #                              gripper opening after the grasp in half of its pick/place/stack episodes, and
 #                              the expert's re-grasp: benchmarks/results/expert_drop_recovery.md).
@@ -55,12 +61,17 @@ TRAIN_EXTRA=${TRAIN_EXTRA:-}
 DROP_PROB=${DROP_PROB:-0}
 PAIR_STEPS=${PAIR_STEPS:-1000}
 PAIR_EXTRA=${PAIR_EXTRA:-}
-STEPS=${STEPS:-6400}
+STEPS=${STEPS:-5600}
 PICK_DART=${PICK_DART:-0}
-ORIENT_STEPS=${ORIENT_STEPS:-0}
+ORIENT_STEPS=${ORIENT_STEPS:-1200}
+ORIENT_KEEP=${ORIENT_KEEP:-8}
 PRESET=${PRESET:-base-96}
 if [ "$ORIENT_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
-  echo "base_policy.sh: ORIENT_STEPS and BIND_STEPS are both first stages; set one" >&2
+  echo "base_policy.sh: ORIENT_STEPS and BIND_STEPS are both first stages; set one (BIND_STEPS=1000 ORIENT_STEPS=0 ORIENT_KEEP=0 PAIR_STEPS=0)" >&2
+  exit 2
+fi
+if [ "$ORIENT_KEEP" != 0 ] && [ "$ORIENT_STEPS" = 0 ]; then
+  echo "base_policy.sh: ORIENT_KEEP=$ORIENT_KEEP keeps what the orientation stage teaches, and ORIENT_STEPS=0 has none; set ORIENT_KEEP=0 too (attempt 32) or ORIENT_STEPS=1200" >&2
   exit 2
 fi
 if [ "$PAIR_STEPS" != 0 ] && [ "$BIND_STEPS" != 0 ]; then
@@ -70,8 +81,8 @@ fi
 BIN=.venv/bin
 mkdir -p "$OUT" benchmarks/results
 RECIPE=1
-[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 1000 ] && [ "$STEPS" = 6400 ] && [ "$PRESET" = base-96 ] \
-  && [ "$PICK_DART" = 0 ] && [ "$ORIENT_STEPS" = 0 ] || RECIPE=0
+[ -z "$TRAIN_EXTRA" ] && [ -z "$PAIR_EXTRA" ] && [ "$BIND_STEPS" = 0 ] && [ "$DROP_PROB" = 0 ] && [ "$PAIR_STEPS" = 1000 ] && [ "$STEPS" = 5600 ] && [ "$PRESET" = base-96 ] \
+  && [ "$PICK_DART" = 0 ] && [ "$ORIENT_STEPS" = 1200 ] && [ "$ORIENT_KEEP" = 8 ] || RECIPE=0
 DART=demos_id_dart_2000.hdf5
 DROP=()
 if [ "$DROP_PROB" != 0 ]; then
@@ -93,12 +104,13 @@ if [ "$PICK_DART" != 0 ]; then
     --out "$OUT/demos_pick_dart_$PICK_DART.hdf5" --workers 2 --seed 900000 --action-noise 0.3
   DATA="$DATA,$OUT/demos_pick_dart_$PICK_DART.hdf5"
 fi
+if [ "$ORIENT_STEPS" != 0 ] && [ ! -f "$OUT/demos_pick_2000.hdf5" ]; then
+  $BIN/rlrc-sim demos --episodes 2000 --families pick --out "$OUT/demos_pick_2000.hdf5" --workers 2 --seed 900000
+fi
 [ -f "$OUT/wall_time.txt" ] || echo "demos wall time: $(( $(date +%s) - t0 )) s" | tee "$OUT/wall_time.txt"
 
 INIT=()
 if [ "$ORIENT_STEPS" != 0 ]; then
-  [ -f "$OUT/demos_pick_2000.hdf5" ] || $BIN/rlrc-sim demos --episodes 2000 --families pick \
-    --out "$OUT/demos_pick_2000.hdf5" --workers 2 --seed 900000
   if [ ! -f "$OUT/orient/final/config.json" ]; then
     start=$(date +%s)
     $BIN/rlrc-train --data "$OUT/demos_pick_2000.hdf5" --out "$OUT/orient" --dataset-key orient_stage \
@@ -121,14 +133,25 @@ if [ "$BIND_STEPS" != 0 ]; then
   fi
   INIT=(--init "$OUT/bind/final")
 fi
+# With ORIENT_KEEP the pair stage also sees the pick demos and is asked about bars, and the recipe's part
+# asks about bars ORIENT_KEEP times as often: without that the orientation is gone after the pair stage.
+PAIR_DATA="$OUT/demos_stack_1000.hdf5"
+PAIR_OPTS=(--dataset-key stack_pairs --counterfactual-frac 0.95 --save-every 200 --keep-checkpoints 2)
+RUN_ORIENT=()
+if [ "$ORIENT_KEEP" != 0 ]; then
+  PAIR_DATA="$PAIR_DATA,$OUT/demos_pick_2000.hdf5"
+  PAIR_OPTS=(--dataset-key stack_pairs_orient --counterfactual-frac 0.8 --save-every 500 --keep-checkpoints 1
+    --ground-frac 0.15 --ground-orient --ground-orient-kinds bar --ground-orient-weight 20)
+  RUN_ORIENT=(--ground-orient-weight "$ORIENT_KEEP")
+fi
 if [ "$PAIR_STEPS" != 0 ]; then
   if [ ! -f "$OUT/pairs/final/config.json" ]; then
     start=$(date +%s)
     # shellcheck disable=SC2086  # PAIR_EXTRA is a list of options
-    $BIN/rlrc-train --data "$OUT/demos_stack_1000.hdf5" --out "$OUT/pairs" --dataset-key stack_pairs "${INIT[@]}" \
+    $BIN/rlrc-train --data "$PAIR_DATA" --out "$OUT/pairs" "${INIT[@]}" "${PAIR_OPTS[@]}" \
       --preset "$PRESET" --steps "$PAIR_STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 100 --min-lr-ratio 1 \
-      --label-sigma 2 --pos-init sincos --counterfactual-frac 0.95 --attn-role 1.0 --save-every 200 --log-every 50 \
-      --keep-checkpoints 2 --attn-role-tokens 2 --head-rows targets $PAIR_EXTRA
+      --label-sigma 2 --pos-init sincos --attn-role 1.0 --log-every 50 \
+      --attn-role-tokens 2 --head-rows targets $PAIR_EXTRA
     echo "pair stage wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
   fi
   INIT=(--init "$OUT/pairs/final")
@@ -142,7 +165,7 @@ if [ ! -f "$RUN/final/config.json" ]; then
     --preset "$PRESET" --steps "$STEPS" --batch-size 64 --lr 7e-4 --warmup-steps 200 --label-sigma 2 \
     --pos-init sincos --ground-frac 0.2 --ground-task --save-every 500 --log-every 50 --keep-checkpoints 3 \
     --head-rows targets --attn-role 1.0 --attn-role-tokens 2 --counterfactual-frac 0.0625 --ground-orient \
-    --ground-orient-kinds bar $TRAIN_EXTRA
+    --ground-orient-kinds bar "${RUN_ORIENT[@]}" $TRAIN_EXTRA
   echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
 fi
 
