@@ -22,17 +22,26 @@ File layout (every key optional except ``version``; defaults = identity)::
 
 The rotation part treats the Euler deltas as a small rotation vector, which is what they are at a
 control step's size; it is exact for permutations and sign flips.
+
+`fit_motion` measures the translation part instead of trusting it: the robot executes small
+commanded deltas c_i (what the node sends with the identity frame) and a marker on the gripper is
+seen to move by d_i in the robot frame; the orthogonal Procrustes fit d_i ~ s M c_i gives the
+command-to-motion map, and `propose_action_frame` inverts it after the policy-to-robot axes the
+user declares (A): R = M^T A, translation scale = 1 / s, snapped to a signed permutation when the
+leftover rotation is below a threshold. Residuals are reported for the fit and for the file written.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from calibration.errors import CalibrationError
 from rlrc_runtime.config import did_you_mean
 from rlrc_runtime.errors import ConfigError
 
@@ -54,6 +63,18 @@ def rpy_matrix(rpy: tuple[float, float, float]) -> np.ndarray:
     ry = np.array([[math.cos(p), 0, math.sin(p)], [0, 1, 0], [-math.sin(p), 0, math.cos(p)]])
     rz = np.array([[math.cos(y), -math.sin(y), 0], [math.sin(y), math.cos(y), 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def matrix_to_rpy(rotation: np.ndarray) -> tuple[float, float, float]:
+    """Inverse of `rpy_matrix` for a proper rotation [3, 3], radians (roll, pitch, yaw)."""
+    r = rotation
+    pitch = math.asin(float(np.clip(-r[2, 0], -1.0, 1.0)))
+    return math.atan2(r[2, 1], r[2, 2]), pitch, math.atan2(r[1, 0], r[0, 0])
+
+
+def rotation_angle_deg(rotation: np.ndarray) -> float:
+    """Angle of a proper rotation [3, 3], degrees."""
+    return math.degrees(math.acos(float(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
 
 
 @dataclass(frozen=True)
@@ -193,6 +214,94 @@ class ActionFrame:
             raise ConfigError(f"action frame {source}: malformed value ({exc})") from exc
 
 
+def nearest_signed_permutation(matrix: np.ndarray) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """(permutation, signs) of the signed permutation P (P[i, perm[i]] = sign[i]) closest to ``matrix`` [3, 3]."""
+    best, best_score = ((0, 1, 2), (1.0, 1.0, 1.0)), -math.inf
+    for perm in itertools.permutations(range(3)):
+        signs = tuple(1.0 if matrix[i, j] >= 0 else -1.0 for i, j in enumerate(perm))
+        score = sum(abs(matrix[i, j]) for i, j in enumerate(perm))
+        if score > best_score:
+            best, best_score = (tuple(perm), signs), score
+    return best  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MotionFit:
+    """d_i ~ scale * rotation @ c_i: how commanded deltas move the gripper in the robot frame."""
+
+    rotation: np.ndarray
+    """M [3, 3], orthogonal (a reflection when the command frame is mirrored): command -> robot frame."""
+    scale: float
+    """s: metres moved per commanded unit."""
+    commands: np.ndarray
+    """c [N, 3]: the commanded deltas."""
+    observed: np.ndarray
+    """d [N, 3]: the marker's measured displacements in the robot frame, metres."""
+
+    def residuals(self, rotation: np.ndarray | None = None, scale: float | None = None) -> np.ndarray:
+        """d_i - s M c_i [N, 3] metres, for the fit or for another (rotation, scale)."""
+        m = self.rotation if rotation is None else rotation
+        s = self.scale if scale is None else scale
+        return self.observed - s * self.commands @ m.T
+
+
+def fit_motion(commands: np.ndarray, observed: np.ndarray) -> MotionFit:
+    """Orthogonal Procrustes with scale: commands [N, 3] vs observed displacements [N, 3] (metres)."""
+    c, d = np.asarray(commands, np.float64), np.asarray(observed, np.float64)
+    if c.ndim != 2 or c.shape[1] != 3 or c.shape != d.shape:
+        raise CalibrationError(f"commands {c.shape} and observed motions {d.shape} must both be [N, 3]")
+    if len(c) < 3 or not (np.all(np.isfinite(c)) and np.all(np.isfinite(d))):
+        raise CalibrationError(f"{len(c)} motion steps: need at least 3, all finite")
+    sv = np.linalg.svd(c, compute_uv=False)
+    if sv[-1] < 0.2 * sv[0]:
+        raise CalibrationError(f"the commanded deltas span fewer than three directions (singular values "
+                               f"{np.round(sv, 5).tolist()}); command steps along x, y and z")
+    u, sigma, vt = np.linalg.svd(d.T @ c)
+    m = u @ vt
+    scale = float(np.sum(sigma) / np.sum(c * c))
+    if scale <= 0:
+        raise CalibrationError("the observed motion does not follow the commands (fitted scale <= 0)")
+    return MotionFit(rotation=m, scale=scale, commands=c, observed=d)
+
+
+def propose_action_frame(fit: MotionFit, declared: ActionFrame, snap_deg: float = 3.0) -> tuple[ActionFrame, dict]:
+    """The action frame that makes a policy action a move the gripper by ``declared``'s A a (robot frame),
+    given how commands move it (``fit``); gripper, limits and rotation scale are taken from ``declared``.
+    Returns the frame and a report of residuals (millimetres) and the fitted numbers."""
+    total = fit.rotation.T @ declared.matrix
+    perm, signs = nearest_signed_permutation(total)
+    p = np.zeros((3, 3))
+    for i, (j, s) in enumerate(zip(perm, signs)):
+        p[i, j] = s
+    leftover = total @ p.T
+    if np.linalg.det(leftover) < 0:
+        raise CalibrationError("the fitted map is not close to any signed axis permutation with the same handedness; "
+                               "check the commands and the marker id (residuals too large to propose a frame)")
+    off_deg = rotation_angle_deg(leftover)
+    rpy = (0.0, 0.0, 0.0) if off_deg <= snap_deg else matrix_to_rpy(leftover)
+    frame = replace(declared, permutation=perm, signs=signs, rotation_rpy=tuple(round(v, 6) for v in rpy),
+                    translation_scale=round(declared.translation_scale / fit.scale, 6), source="--from-motion")
+    # The map from commands to robot-frame motion that the written file assumes (A R^T, scaled).
+    written = declared.matrix @ frame.matrix.T
+    fit_res = np.linalg.norm(fit.residuals(), axis=1) * 1e3
+    written_res = np.linalg.norm(fit.residuals(written, declared.translation_scale / frame.translation_scale),
+                                 axis=1) * 1e3
+    report = {
+        "steps": int(len(fit.commands)),
+        "fitted_scale": round(fit.scale, 6),
+        "fitted_matrix": np.round(fit.rotation, 6).tolist(),
+        "rotation_off_axes_deg": round(off_deg, 4),
+        "snapped": bool(off_deg <= snap_deg),
+        "residual_fit_mm": {"rms": round(float(np.sqrt(np.mean(fit_res ** 2))), 4),
+                            "max": round(float(fit_res.max()), 4)},
+        "residual_written_mm": {"rms": round(float(np.sqrt(np.mean(written_res ** 2))), 4),
+                                "max": round(float(written_res.max()), 4),
+                                "per_step": [round(float(v), 3) for v in written_res]},
+        "step_length_mm": {"mean": round(float(np.mean(np.linalg.norm(fit.observed, axis=1)) * 1e3), 3)},
+    }
+    return frame, report
+
+
 def load_action_frame(path: str | Path) -> ActionFrame:
     """Read and validate an action-frame YAML; errors name the file and the field."""
     path = Path(path)
@@ -205,4 +314,5 @@ def load_action_frame(path: str | Path) -> ActionFrame:
     return ActionFrame.from_yaml_dict(data, source=str(path))
 
 
-__all__ = ["ActionFrame", "load_action_frame", "rpy_matrix"]
+__all__ = ["ActionFrame", "MotionFit", "fit_motion", "load_action_frame", "matrix_to_rpy", "nearest_signed_permutation",
+           "propose_action_frame", "rotation_angle_deg", "rpy_matrix"]

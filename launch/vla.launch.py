@@ -30,7 +30,7 @@ DEFAULT_PARAMS_FILE = str(Path(__file__).resolve().parents[1] / "config" / "vla_
 
 # VLA node parameters exposed as launch arguments (the rest stay in the params file).
 VLA_ARGS = ("bundle_path", "backend", "device", "dtype", "unnorm_key", "camera_source", "recording_path", "realtime",
-            "image_topic", "instruction_topic", "instruction", "realsense_serial", "realsense_width",
+            "image_topic", "image_transport", "instruction_topic", "instruction", "realsense_serial", "realsense_width",
             "realsense_height", "realsense_fps", "rate_hz", "deadline_ms", "action_frame_file", "output_frame_id",
             "autostart")
 # Sim robot parameters exposed as sim_<name> launch arguments.

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 ACTION_LABELS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 CAMERA_SOURCES = ("realsense", "topic", "recording")
+IMAGE_TRANSPORTS = ("raw", "compressed")
 REALSENSE_COLOR_TOPIC = "/camera/camera/color/image_raw"
 REALSENSE_INFO_TOPIC = "/camera/camera/color/camera_info"
 
@@ -94,7 +95,11 @@ VLA_NODE_PARAMS: dict[str, Param] = _table([
           range=(0, 100)),
     # -- the camera -----------------------------------------------------------------------------
     Param("camera_source", "topic", "Where frames come from.", choices=CAMERA_SOURCES),
-    Param("image_topic", REALSENSE_COLOR_TOPIC, "sensor_msgs/Image topic read when camera_source=topic."),
+    Param("image_topic", REALSENSE_COLOR_TOPIC, "Image topic read when camera_source=topic."),
+    Param("image_transport", "raw", "How image_topic is encoded: raw = sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, "
+          "mono8, yuv422/uyvy, yuv422_yuy2/yuyv, bayer_*8); compressed = sensor_msgs/CompressedImage, JPEG or PNG "
+          "(image_transport's compressed topic, e.g. /camera/camera/color/image_raw/compressed).",
+          choices=IMAGE_TRANSPORTS),
     Param("recording_path", "", "RealSense recording (.db3) replayed when camera_source=recording."),
     Param("realtime", False, "Recording pace: true = real time (latest frame only, drops counted); "
           "false = as fast as possible, every frame used once."),

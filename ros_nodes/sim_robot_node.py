@@ -73,7 +73,7 @@ class SimRobotNode(Node):
         self._last_publish = 0.0
         self._recorder = None
         if p("record_path"):
-            from ros_nodes.realsense import SoftwareCamera
+            from rlrc_runtime.camera import SoftwareCamera
 
             self._recorder = SoftwareCamera(p("record_path"), p("image_size"), p("image_size"), fps=20,
                                             serial="sim-robot")

@@ -11,7 +11,8 @@ Lifecycle (rclpy managed node, `ros2 lifecycle set /vla_node configure|activate|
 Topics (relative names resolve under the node, e.g. /vla_node/action):
     in   ~/instruction  std_msgs/String  (reliable, transient local: a late node gets the current one)
     in   ~/pause        std_msgs/Bool    (true = pause / e-stop: hold now, no actions until false)
-    in   image_topic    sensor_msgs/Image (camera_source=topic; sensor-data QoS; latest frame only)
+    in   image_topic    sensor_msgs/Image, or sensor_msgs/CompressedImage with image_transport=compressed
+                        (camera_source=topic; sensor-data QoS; latest frame only; encodings: ros_nodes/images.py)
     out  ~/action       std_msgs/Float32MultiArray: data = [dx, dy, dz, droll, dpitch, dyaw, gripper],
                         the policy's raw unnormalized action (policy frame, dataset units; bounded
                         by the dataset's q01/q99 by construction, never NaN/Inf); layout.dim[0]
@@ -46,17 +47,17 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Float32MultiArray, Float64, MultiArrayDimension, String
 
 import rlrc_runtime
 from calibration.action_frame import ActionFrame, load_action_frame
+from rlrc_runtime.camera import (CameraError, Frame, FrameSlot, RealSenseCamera, RealSenseConfig, RecordingPlayer,
+                                 read_sidecar)
 from rlrc_runtime.errors import InputError, RLRCError
 from rlrc_runtime.metrics import LatencyWindow
-from ros_nodes.images import crop_image, image_msg_to_rgb
+from ros_nodes.images import compressed_msg_to_rgb, crop_image, image_msg_to_rgb, require_opencv
 from ros_nodes.params import ACTION_LABELS, VLA_NODE_PARAMS, Param
-from ros_nodes.realsense import (CameraError, Frame, FrameSlot, RealSenseCamera, RealSenseConfig, RecordingPlayer,
-                                 read_sidecar)
 from ros_nodes.safety import ActionPipeline, CommandLimits
 
 NODE_NAME = "vla_node"
@@ -158,6 +159,7 @@ class VLANode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._image_sub: Any = None
+        self._decode_image: Callable[..., np.ndarray] = image_msg_to_rgb
         self._tick_timer: Any = None
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(self.p("diagnostics_period_s"), self.publish_diagnostics)
@@ -228,7 +230,12 @@ class VLANode(LifecycleNode):
         source = self.p("camera_source")
         try:
             if source == "topic":
-                self._image_sub = self.create_subscription(Image, self.p("image_topic"), self._on_image,
+                compressed = self.p("image_transport") == "compressed"
+                if compressed:
+                    require_opencv()  # fail activation, not every frame, when the decoder is missing
+                self._decode_image = compressed_msg_to_rgb if compressed else image_msg_to_rgb
+                self._image_sub = self.create_subscription(CompressedImage if compressed else Image,
+                                                           self.p("image_topic"), self._on_image,
                                                            qos_profile_sensor_data)
             elif source == "recording":
                 self._source = RecordingPlayer(self.p("recording_path"), self._slot, realtime=self.p("realtime"))
@@ -368,13 +375,16 @@ class VLANode(LifecycleNode):
             self.get_logger().warning("paused (e-stop)" if self._paused else "resumed")
             self.publish_diagnostics()
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image | CompressedImage) -> None:
         if self._slot.closed:
             return
         try:
-            image = image_msg_to_rgb(msg, max_side=self.p("max_image_side"))
-        except InputError as exc:
-            self._count("input_errors", str(exc))
+            image = self._decode_image(msg, max_side=self.p("max_image_side"))
+        except RLRCError as exc:  # InputError: a malformed frame; ConfigError: OpenCV missing for this encoding
+            self._count("input_errors", f"image on {self.p('image_topic')}: {exc}")
+            self._slot.take()  # an older frame waiting in the slot is not acted on after an unreadable newer one
+            if self._active:
+                self.publish_hold("unreadable frame")
             self.publish_diagnostics()
             return
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec

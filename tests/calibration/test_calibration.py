@@ -66,7 +66,7 @@ def test_action_frame_cli_writes_and_checks(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def small_recording(tmp_path_factory):
     pytest.importorskip("pyrealsense2")
-    from ros_nodes.realsense import write_recording
+    from rlrc_runtime.camera import write_recording
 
     images = [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(6)]
     path = tmp_path_factory.mktemp("calrec") / "scene.db3"
@@ -85,12 +85,14 @@ def test_intrinsics_from_a_recording(tmp_path, small_recording):
 
 def test_capture_calibration_set_from_a_recording(tmp_path, small_recording):
     from calibration.capture import read_calibration_set
-    from ros_nodes.realsense import read_recording, read_sidecar
+    from rlrc_runtime.camera import read_recording, read_sidecar
 
     path, images = small_recording
     out = tmp_path / "calib"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("pick up the cup\n\nopen the drawer\n")
     assert main(["capture", "--recording", str(path), "--out", str(out), "--frames", "3", "--every", "2",
-                 "--instruction", "pick up the cup", "--instruction", "open the drawer", "--record"]) == 0
+                 "--instructions-file", str(prompts), "--record"]) == 0
     pairs = read_calibration_set(out)
     assert [p[1] for p in pairs] == ["pick up the cup", "open the drawer", "pick up the cup"]
     for (image, _), source in zip(pairs, images[::2]):
@@ -99,3 +101,69 @@ def test_capture_calibration_set_from_a_recording(tmp_path, small_recording):
     assert len(frames) == 3
     assert read_sidecar(out / "recording.db3")["instructions"] == ["pick up the cup", "open the drawer"]
     assert main(["capture", "--recording", str(path), "--out", str(out), "--instruction", "x"]) == 2  # not empty
+
+
+def test_motion_fit_composes_with_the_declared_policy_axes_and_keeps_a_real_rotation():
+    from calibration.action_frame import fit_motion, propose_action_frame, rpy_matrix
+    from calibration.errors import CalibrationError
+
+    rng = np.random.default_rng(0)
+    commands = rng.normal(0.0, 0.02, (10, 3))
+    driver = 1.25 * rpy_matrix((0.0, 0.0, math.radians(20.0)))  # commands turned 20 deg, 25% too far
+    observed = commands @ driver.T + rng.normal(0.0, 2e-4, commands.shape)
+    declared = ActionFrame(permutation=(1, 0, 2), signs=(-1, 1, 1), max_translation=1.0)
+    frame, report = propose_action_frame(fit_motion(commands, observed), declared, snap_deg=3.0)
+    assert not report["snapped"] and report["rotation_off_axes_deg"] == pytest.approx(20.0, abs=0.5)
+    assert frame.translation_scale == pytest.approx(0.8, rel=0.01)
+    a = np.array([0.01, 0.02, -0.01, 0, 0, 0, 1])
+    lin, _, _ = frame.apply(a)
+    np.testing.assert_allclose(driver @ lin, declared.matrix @ a[:3], atol=2e-4)  # moves as declared
+    assert report["residual_written_mm"]["rms"] < 0.5
+    with pytest.raises(CalibrationError, match="three directions"):
+        fit_motion(np.tile([[0.02, 0.0, 0.0]], (5, 1)), np.tile([[0.0, 0.02, 0.0]], (5, 1)))
+
+
+def test_camera_pose_file_round_trip_and_errors(tmp_path):
+    from calibration.action_frame import rpy_matrix
+    from calibration.extrinsics import CameraPose, load_camera_pose, pose_matrix
+
+    matrix = pose_matrix(rpy_matrix((2.5, -0.3, 1.0)), np.array([0.1, -0.2, 0.6]))
+    path = CameraPose(matrix, "base_link", "cam_optical").save(tmp_path / "pose.yaml")
+    loaded = load_camera_pose(path)
+    np.testing.assert_allclose(loaded.matrix, matrix, atol=1e-6)
+    assert (loaded.parent_frame, loaded.child_frame) == ("base_link", "cam_optical")
+    assert "--frame-id base_link --child-frame-id cam_optical" in loaded.static_transform_command()
+    data = yaml.safe_load(path.read_text())
+    data["rotation_xyzw"] = [0.0, 0.0, 0.0, 2.0]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="unit length"):
+        load_camera_pose(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_camera_pose(tmp_path / "missing.yaml")
+
+
+def test_board_command_writes_a_detectable_print(tmp_path, capsys):
+    cv2 = pytest.importorskip("cv2")
+    from calibration.extrinsics import BoardSpec, detect_board
+
+    out = tmp_path / "board.png"
+    assert main(["board", "--out", str(out), "--dpi", "150", "--squares-x", "5", "--squares-y", "4"]) == 0
+    assert "200 x 160 mm" in capsys.readouterr().out
+    spec = BoardSpec(squares_x=5, squares_y=4)
+    obj, _ = detect_board(spec.build(), spec, cv2.imread(str(out), cv2.IMREAD_GRAYSCALE))
+    assert len(obj) == 4 * 3  # every inner chessboard corner
+    assert main(["board", "--out", str(out), "--marker-size", "0.05"]) == 2
+    assert "--marker-size 0.05" in capsys.readouterr().err
+    assert main(["board", "--out", str(out), "--dictionary", "DICT_4x4_50"]) == 2
+    assert "Did you mean" in capsys.readouterr().err
+
+
+def test_calibration_imports_point_down_to_rlrc_runtime_only():
+    import subprocess
+    import sys
+
+    code = ("import sys, calibration.cli, calibration.motion, calibration.extrinsics, calibration.intrinsics;"
+            "bad = [m for m in ('ros_nodes', 'rclpy', 'export', 'cv2', 'pyrealsense2', 'torch') if m in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"importing calibration loaded {proc.stdout.strip()} {proc.stderr[-500:]}"

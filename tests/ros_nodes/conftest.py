@@ -29,7 +29,7 @@ def node_ckpt(ckpt_factory) -> Path:
 def recording(tmp_path_factory) -> tuple[Path, int]:
     """A 4-frame RealSense recording (64x48 RGB) made with rs.software_device + rs.recorder."""
     pytest.importorskip("pyrealsense2")
-    from ros_nodes.realsense import write_recording
+    from rlrc_runtime.camera import write_recording
 
     n = 4
     rng = np.random.default_rng(0)

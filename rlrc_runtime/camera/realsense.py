@@ -1,5 +1,7 @@
 """Intel RealSense frames without ROS: live capture, recording playback, software recordings.
 
+pyrealsense2 is imported when a camera or recording is opened, never when this module is.
+
 - `RealSenseCamera`: a live device chosen by serial, colour stream (+ optional depth aligned to
   colour), frames pushed into a `FrameSlot`.
 - `RecordingPlayer`: replays a RealSense recording (.db3) in real time (latest frame only, drops
@@ -27,20 +29,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import yaml
 
-from rlrc_runtime.errors import RLRCError
+from rlrc_runtime.camera.frames import CameraError, Frame, FrameSlot
 
 log = logging.getLogger(__name__)
-
-
-class CameraError(RLRCError):
-    """A camera or recording cannot be opened or read."""
 
 
 def _rs():
@@ -50,67 +48,6 @@ def _rs():
         raise CameraError("pyrealsense2 is not installed; install it with: pip install 'rlrc_runtime[realsense]' "
                           "(it also needs Debian's libusb-1.0-0)") from exc
     return rs
-
-
-@dataclass
-class Frame:
-    """One colour frame."""
-
-    image: np.ndarray
-    """[H, W, 3] uint8 RGB, owned by this object."""
-    stamp_ns: int
-    """Capture time for message headers, ns since the epoch."""
-    arrival: float = field(default_factory=time.monotonic)
-    """time.monotonic() when this process received the frame (frame age is measured from it)."""
-    frame_number: int = -1
-    depth: np.ndarray | None = None
-    """[H, W] uint16 depth aligned to the colour image, when alignment was asked for."""
-
-
-class FrameSlot:
-    """Holds the latest frame only. Thread-safe: producers `put`, the node `take`s.
-
-    ``put(block=False)`` overwrites an untaken frame and counts it as dropped; ``put(block=True)``
-    waits until the previous frame was taken (lossless playback), returning False once closed.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._frame: Frame | None = None
-        self.received = 0
-        self.dropped = 0
-        self.closed = False
-
-    def put(self, frame: Frame, block: bool = False) -> bool:
-        with self._cond:
-            if block:
-                while self._frame is not None and not self.closed:
-                    self._cond.wait(0.1)
-            if self.closed:
-                return False
-            if self._frame is not None:
-                self.dropped += 1
-            self._frame = frame
-            self.received += 1
-            self._cond.notify_all()
-            return True
-
-    def take(self) -> Frame | None:
-        with self._cond:
-            frame, self._frame = self._frame, None
-            self._cond.notify_all()
-            return frame
-
-    @property
-    def pending(self) -> bool:
-        with self._cond:
-            return self._frame is not None
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._frame = None
-            self._cond.notify_all()
 
 
 def frame_to_rgb(data: np.ndarray, fmt: str) -> np.ndarray:
@@ -373,10 +310,13 @@ class SoftwareCamera:
 
     ``with SoftwareCamera(path, 64, 48) as cam: cam.write(rgb)``. ``pace=True`` spaces frames at
     1/fps of wall-clock time so that real-time playback takes as long as the recording.
+    ``pinhole`` = (fx, fy, ppx, ppy) in pixels is what the recording reports as the colour stream's
+    intrinsics (distortion-free); by default fx = fy = width and the principal point is the centre.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: int = 30,
-                 focal_px: float | None = None, serial: str = "000000000000", pace: bool = False,
+                 pinhole: tuple[float, float, float, float] | None = None, serial: str = "000000000000",
+                 pace: bool = False,
                  name: str = "rlrc SoftwareCamera") -> None:
         rs = _rs()
         self.path = Path(path)
@@ -391,8 +331,8 @@ class SoftwareCamera:
         self._sensor = self._device.add_sensor("Color")
         intr = rs.intrinsics()
         intr.width, intr.height = width, height
-        intr.ppx, intr.ppy = width / 2.0, height / 2.0
-        intr.fx = intr.fy = float(focal_px if focal_px is not None else width)
+        fx, fy, ppx, ppy = pinhole if pinhole is not None else (width, width, width / 2.0, height / 2.0)
+        intr.fx, intr.fy, intr.ppx, intr.ppy = float(fx), float(fy), float(ppx), float(ppy)
         intr.model = rs.distortion.brown_conrady
         intr.coeffs = [0.0] * 5
         stream = rs.video_stream()
@@ -445,13 +385,15 @@ class SoftwareCamera:
 
 
 def write_recording(path: str | Path, images: list[np.ndarray] | np.ndarray, instruction: str | None = None,
-                    fps: int = 30, pace: bool = False, **sidecar: Any) -> Path:
-    """Write RGB frames [N, H, W, 3] to a RealSense recording (+ sidecar with the instruction)."""
+                    fps: int = 30, pace: bool = False, pinhole: tuple[float, float, float, float] | None = None,
+                    **sidecar: Any) -> Path:
+    """Write RGB frames [N, H, W, 3] to a RealSense recording (+ sidecar with the instruction and
+    any other ``sidecar`` fields); ``pinhole`` as for `SoftwareCamera`."""
     images = list(images)
     if not images:
         raise CameraError("write_recording needs at least one frame")
     h, w = images[0].shape[:2]
-    with SoftwareCamera(path, w, h, fps=fps, pace=pace) as cam:
+    with SoftwareCamera(path, w, h, fps=fps, pace=pace, pinhole=pinhole) as cam:
         for image in images:
             cam.write(image)
     fields = {"frames": len(images), **sidecar}
