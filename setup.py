@@ -19,6 +19,8 @@ EXTRAS = {
         "ros-jazzy-geometry-msgs",
         "ros-jazzy-diagnostic-msgs",
         "ros-jazzy-trajectory-msgs",
+        # Image intake (every encoding but rgb8, CompressedImage) and the calibration tools.
+        "opencv-python-headless>=4.10",
     ],
     "realsense": ["pyrealsense2>=2.54"],
     # Bundles: ONNX export (torch.onnx dynamo exporter needs onnxscript), onnxruntime backend and
@@ -53,7 +55,7 @@ setup(
             "rlrc-export = export.cli:main",
             "rlrc-predict = rlrc_runtime.cli:main",
             "rlrc-sim = sim.cli:main",
-            "rlrc-train = export.train:main",
+            "rlrc-train = export.train.sft:main",
             "rlrc-eval = sim.evaluate:main",
             "rlrc-bench = rlrc_runtime.bench_cli:main",
             "rlrc-node = ros_nodes.vla_node:main",

@@ -1,18 +1,16 @@
 """``rlrc-export``: the export toolchain's command line (one subcommand per stage)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import shlex
 import sys
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlrc_runtime.cli_args import add_arguments, from_namespace
-from rlrc_runtime.errors import ConfigError, RLRCError
+from rlrc_runtime.cli_args import Subcommand, combined_config, run_subcommands, split_config
+from rlrc_runtime.errors import ConfigError
 
 log = logging.getLogger("rlrc-export")
 
@@ -91,23 +89,6 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _with_config(name: str, config_cls: type, *leading: tuple[str, type, Any]) -> type:
-    """A frozen CLI dataclass: ``leading`` fields, then every field of ``config_cls`` (one source of help)."""
-    hints = typing.get_type_hints(config_cls)
-    fields = [*leading, *((f.name, hints[f.name], dataclasses.field(default=f.default, metadata=f.metadata))
-                          if f.default is not dataclasses.MISSING else (f.name, hints[f.name], dataclasses.field(metadata=f.metadata))
-                          for f in dataclasses.fields(config_cls))]
-    def required(f: tuple) -> bool:
-        return f[2].default is dataclasses.MISSING and f[2].default_factory is dataclasses.MISSING
-
-    fields = [f for f in fields if required(f)] + [f for f in fields if not required(f)]
-    return dataclasses.make_dataclass(name, fields, frozen=True)
-
-
-def _pick(config_cls: type, args: Any) -> Any:
-    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
-
-
 def _command() -> str:
     return shlex.join(["rlrc-export", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("rlrc-export") else ""
 
@@ -121,26 +102,27 @@ _CKPT = ("checkpoint", str, field(metadata={"help": "OpenVLA checkpoint director
 def _onnx_args() -> type:
     from export.onnx_export import OnnxExportConfig
 
-    return _with_config("OnnxArgs", OnnxExportConfig, _CKPT, _OUT, _OVERWRITE)
+    return combined_config("OnnxArgs", OnnxExportConfig, leading=(_CKPT, _OUT, _OVERWRITE))
 
 
 def _quantize_args() -> type:
     from export.quantize_deploy import QuantizeConfig
 
-    return _with_config("QuantizeArgs", QuantizeConfig, _BUNDLE, _OUT, _OVERWRITE)
+    return combined_config("QuantizeArgs", QuantizeConfig, leading=(_BUNDLE, _OUT, _OVERWRITE))
 
 
 def _engine_args() -> type:
     from export.engine import EngineConfig
 
-    return _with_config("EngineArgs", EngineConfig, _BUNDLE)
+    return combined_config("EngineArgs", EngineConfig, leading=(_BUNDLE,))
 
 
 def _prune_args() -> type:
     from export.prune import PruneConfig
 
-    return _with_config("PruneArgs", PruneConfig, _CKPT, ("out", str, field(metadata={"help": "output checkpoint directory"})),
-                        ("overwrite", bool, field(default=False, metadata={"help": "replace an existing checkpoint at --out"})))
+    return combined_config("PruneArgs", PruneConfig, leading=(
+        _CKPT, ("out", str, field(metadata={"help": "output checkpoint directory"})),
+        ("overwrite", bool, field(default=False, metadata={"help": "replace an existing checkpoint at --out"}))))
 
 
 @dataclass(frozen=True)
@@ -186,28 +168,28 @@ class PipelineArgs:
 def cmd_onnx(args: Any) -> None:
     from export.onnx_export import OnnxExportConfig, export_onnx
 
-    out = export_onnx(args.checkpoint, args.out, _pick(OnnxExportConfig, args), overwrite=args.overwrite, command=_command() or None)
+    out = export_onnx(args.checkpoint, args.out, split_config(args, OnnxExportConfig), overwrite=args.overwrite, command=_command() or None)
     print(f"wrote bundle {out}")
 
 
 def cmd_quantize(args: Any) -> None:
     from export.quantize_deploy import QuantizeConfig, quantize_bundle
 
-    out = quantize_bundle(args.bundle, args.out, _pick(QuantizeConfig, args), overwrite=args.overwrite, command=_command() or None)
+    out = quantize_bundle(args.bundle, args.out, split_config(args, QuantizeConfig), overwrite=args.overwrite, command=_command() or None)
     print(f"wrote bundle {out}")
 
 
 def cmd_engine(args: Any) -> None:
     from export.engine import EngineConfig, build_engines
 
-    out = build_engines(args.bundle, _pick(EngineConfig, args), command=_command() or None)
+    out = build_engines(args.bundle, split_config(args, EngineConfig), command=_command() or None)
     print(f"built engines in {out}/engines")
 
 
 def cmd_prune(args: Any) -> None:
     from export.prune import PruneConfig, format_report, prune_checkpoint
 
-    print(format_report(prune_checkpoint(args.checkpoint, args.out, _pick(PruneConfig, args), overwrite=args.overwrite)))
+    print(format_report(prune_checkpoint(args.checkpoint, args.out, split_config(args, PruneConfig), overwrite=args.overwrite)))
 
 
 def compress_checkpoint(args: PipelineArgs) -> str:
@@ -226,13 +208,13 @@ def compress_checkpoint(args: PipelineArgs) -> str:
         ckpt = str(dst)
     stages = [s for s in args.recover.split(",") if s]
     if "sft" in stages:
-        from export.train import TrainConfig, train
+        from export.train.sft import TrainConfig, train
 
         final = train(TrainConfig(data=args.data or "", out=str(work / "sft"), init=ckpt, steps=args.sft_steps,
                                   warmup_steps=min(100, args.sft_steps // 10)))
         ckpt = str(final)
     if "rl" in stages:
-        from export.recover_rl import RLConfig, train_rl
+        from export.train.rl import RLConfig, train_rl
 
         final = train_rl(RLConfig(init=ckpt, out=str(work / "rl"), updates=args.rl_updates, critic_warmup=4,
                                   bc_coef=0.1, bc_data=args.data))
@@ -269,62 +251,61 @@ def cmd_pipeline(args: PipelineArgs) -> None:
     print(f"wrote bundle {out} ({args.quantize}, target {args.target})")
 
 
-def cmd_recover_rl(args: Any) -> None:
-    from export.recover_rl import train_rl
+def cmd_recover_rl(args: Any) -> str:
+    from export.train.loop import outcome
+    from export.train.rl import train_rl
 
-    final = train_rl(args)
-    print(f"final checkpoint: {final}" if final else "stopped early (--stop-after); run the same command again to resume")
+    return outcome(train_rl(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlrc-export", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("make-tiny", help="write a small OpenVLA-format checkpoint with random weights")
-    add_arguments(p, MakeTinyArgs)
-    p.set_defaults(run=cmd_make_tiny, args_cls=MakeTinyArgs)
-    p = sub.add_parser("presets", help="list the make-tiny presets")
-    p.set_defaults(run=None, args_cls=None)
-    p = sub.add_parser("inspect", help="print a checkpoint's dimensions, parameter counts and files")
-    add_arguments(p, InspectArgs)
-    p.set_defaults(run=cmd_inspect, args_cls=InspectArgs)
-    for name, factory, run, text in (
-        ("prune", _prune_args, cmd_prune, "structured pruning of the LLM (heads, MLP channels, layers) into a new checkpoint"),
-        ("onnx", _onnx_args, cmd_onnx, "export vision/prefill/decode ONNX graphs into a bundle"),
-        ("quantize", _quantize_args, cmd_quantize, "int8/int4 LLM graphs (onnxruntime.quantization) into a new bundle"),
-        ("engine", _engine_args, cmd_engine, "build TensorRT engines for this GPU into the bundle (run on the target)"),
-    ):
-        cls = factory()
-        p = sub.add_parser(name, help=text)
-        add_arguments(p, cls)
-        p.set_defaults(run=run, args_cls=cls)
-    p = sub.add_parser("pipeline", help="checkpoint -> bundle: [prune, SFT, RL,] onnx, [quantize, engine]")
-    add_arguments(p, PipelineArgs)
-    p.set_defaults(run=cmd_pipeline, args_cls=PipelineArgs)
-    from export.recover_rl import RLConfig
+@dataclass(frozen=True)
+class PresetsArgs:
+    pass
 
-    p = sub.add_parser("recover-rl", help="PPO recovery in the tabletop sim (critic warm-up, BC loss) into a new checkpoint")
-    add_arguments(p, RLConfig)
-    p.set_defaults(run=cmd_recover_rl, args_cls=RLConfig)
-    return parser
+
+def cmd_presets(_: PresetsArgs) -> None:
+    from export.tiny import PRESETS
+
+    for name, preset in PRESETS.items():
+        print(f"{name:12s} {preset.description}")
+
+
+def cmd_size_report(args: Any) -> str:
+    from export.size_report import size_report
+
+    report = size_report(args, command=_command() or None)
+    lines = [f"{name:28s} {b['total_gb']:7.3f} GB  {b['ratio_vs_bf16']:5.2f}x smaller than the bf16 base "
+             f"({report['base']['gb']:.2f} GB)" for name, b in report["bundles"].items()]
+    return "\n".join([*lines, f"wrote {args.out}.json and {args.out}.md"])
+
+
+def commands() -> dict[str, Subcommand]:
+    from export.size_report import SizeReportConfig
+    from export.train.rl import RLConfig
+
+    return {
+        "make-tiny": Subcommand(MakeTinyArgs, cmd_make_tiny, "write a small OpenVLA-format checkpoint with random weights"),
+        "presets": Subcommand(PresetsArgs, cmd_presets, "list the make-tiny presets"),
+        "inspect": Subcommand(InspectArgs, cmd_inspect, "print a checkpoint's dimensions, parameter counts and files"),
+        "prune": Subcommand(_prune_args(), cmd_prune,
+                            "structured pruning of the LLM (heads, MLP channels, layers) into a new checkpoint"),
+        "onnx": Subcommand(_onnx_args(), cmd_onnx, "export vision/prefill/decode ONNX graphs into a bundle"),
+        "quantize": Subcommand(_quantize_args(), cmd_quantize,
+                               "int8/int4 LLM graphs (onnxruntime.quantization) into a new bundle"),
+        "engine": Subcommand(_engine_args(), cmd_engine,
+                             "build TensorRT engines for this GPU into the bundle (run on the target)"),
+        "pipeline": Subcommand(PipelineArgs, cmd_pipeline,
+                               "checkpoint -> bundle: [prune, SFT, RL,] onnx, [quantize, engine]"),
+        "recover-rl": Subcommand(RLConfig, cmd_recover_rl,
+                                 "PPO recovery in the tabletop sim (critic warm-up, BC loss) into a new checkpoint"),
+        "size-report": Subcommand(SizeReportConfig, cmd_size_report,
+                                  "stored bytes of the compressed bundle at OpenVLA-7B's widths: real-width pieces "
+                                  "exported and measured, the decoder scaled by its layer count"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if ns.command == "presets":
-            from export.tiny import PRESETS
-
-            for name, preset in PRESETS.items():
-                print(f"{name:12s} {preset.description}")
-            return 0
-        ns.run(from_namespace(ns.args_cls, ns))
-    except RLRCError as exc:
-        print(f"rlrc-export {ns.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_subcommands("rlrc-export", __doc__, commands(), argv)
 
 
 if __name__ == "__main__":

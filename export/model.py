@@ -268,7 +268,9 @@ class LlamaAttention(nn.Module):
         sin: torch.Tensor,
         start: int,
         cache: KVCache | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``mask`` [B, 1, T, T] bool (True = may attend) replaces the causal mask (parallel decoding)."""
         b, t, _ = x.shape  # [B, T, hidden]
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
@@ -281,7 +283,9 @@ class LlamaAttention(nn.Module):
         if groups > 1:  # query head h reads kv head h // groups, as HF's repeat_kv
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
-        if t == 1:
+        if mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif t == 1:
             out = F.scaled_dot_product_attention(q, k, v)
         elif start == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -314,9 +318,10 @@ class LlamaDecoderLayer(nn.Module):
         self.has_attn = llm.num_attention_heads[layer] > 0
         self.has_mlp = llm.intermediate_size[layer] > 0
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, cache: KVCache | None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.has_attn:
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin, start, cache)
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, start, cache, mask)
         if self.has_mlp:
             x = x + self.mlp(self.post_attention_layernorm(x))
         return x
@@ -330,14 +335,33 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(llm.hidden_size, llm.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(llm.head_dim, llm.rope_theta)
 
-    def forward(self, inputs_embeds: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
-        """[B, T, hidden] embeddings at positions start..start+T-1 -> final-norm hidden [B, T, hidden]."""
+    def forward(self, inputs_embeds: torch.Tensor, start: int = 0, cache: KVCache | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, hidden] embeddings at positions start..start+T-1 -> final-norm hidden [B, T, hidden].
+
+        ``mask`` [B, 1, T, T] bool replaces the causal mask (no cache): see ``parallel_mask``.
+        """
         positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
         cos, sin = self.rotary_emb(positions, inputs_embeds.dtype)
         x = inputs_embeds
         for layer in self.layers:
-            x = layer(x, cos, sin, start, cache)
+            x = layer(x, cos, sin, start, cache, mask)
         return self.norm(x)
+
+
+def parallel_mask(first_slot: torch.Tensor, n_slots: torch.Tensor, length: int) -> torch.Tensor:
+    """Attention mask of parallel decoding [B, 1, L, L] bool (True = may attend).
+
+    Row b holds ``[BOS, patches, prompt]`` up to position ``first_slot[b]``, then ``n_slots[b]`` empty
+    action slots, then padding. Everything is causal except the slots, which also see each other
+    (bidirectional within the chunk, causal to the prompt) -- OpenVLA-OFT's parallel decoding.
+    """
+    pos = torch.arange(length, device=first_slot.device)
+    causal = pos[None, :, None] >= pos[None, None, :]  # [1, L, L]: query i sees key j <= i
+    lo, hi = first_slot[:, None], (first_slot + n_slots)[:, None]
+    in_slots = (pos[None] >= lo) & (pos[None] < hi)  # [B, L]
+    both = in_slots[:, :, None] & in_slots[:, None, :]  # [B, L, L]
+    return (causal | both)[:, None]
 
 
 class LlamaForCausalLM(nn.Module):
@@ -401,6 +425,37 @@ class OpenVLA(nn.Module):
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Training/scoring pass without a cache: logits [B, P + T, vocab] (float32)."""
         return self.language_model.lm_head(self.hidden_states(pixel_values, input_ids)).float()
+
+    def parallel_hidden_states(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, prompt_lens: torch.Tensor,
+                               n_slots: torch.Tensor) -> torch.Tensor:
+        """Parallel decoding, training form: final-norm hidden states [B, P + W, hidden] of
+        ``[BOS, patches, prompt[1:], slots, pad]``.
+
+        input_ids [B, W] hold each row's prompt (``prompt_lens[b]`` ids, BOS first), then ``n_slots[b]``
+        placeholder ids whose embeddings are replaced by zeros (OFT's empty action embeddings), then
+        padding. The output at slot k (position P + prompt_lens[b] + k) predicts action token k.
+        """
+        patches = self.embed_image(pixel_values)
+        embeds = self.multimodal_embeds(input_ids, patches)  # [B, P + W, H]
+        p = patches.shape[1]
+        first = p + prompt_lens.to(embeds.device)
+        pos = torch.arange(embeds.shape[1], device=embeds.device)
+        slot = (pos[None] >= first[:, None]) & (pos[None] < (first + n_slots.to(embeds.device))[:, None])  # [B, L]
+        embeds = embeds.masked_fill(slot[..., None], 0.0)
+        return self.language_model.model(embeds, mask=parallel_mask(first, n_slots.to(embeds.device), embeds.shape[1]))
+
+    @torch.inference_mode()
+    def generate_parallel(self, patch_embeds: torch.Tensor, input_ids: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """Parallel decoding: [B, P, hidden] patches + [B, T] prompt ids -> [B, n_tokens] greedy ids, all
+        from one decoder pass over ``[BOS, patches, prompt[1:], n_tokens empty slots]``."""
+        lm = self.language_model
+        embeds = self.multimodal_embeds(input_ids, patch_embeds)  # [B, P + T, H]
+        b, first = embeds.shape[0], embeds.shape[1]
+        embeds = torch.cat([embeds, embeds.new_zeros(b, n_tokens, embeds.shape[2])], dim=1)
+        mask = parallel_mask(torch.full((b,), first, device=embeds.device),
+                             torch.full((b,), n_tokens, device=embeds.device), embeds.shape[1])
+        hidden = lm.model(embeds, mask=mask)[:, first:]  # [B, N, H]
+        return lm.lm_head(hidden).argmax(dim=-1)
 
     @torch.inference_mode()
     def generate(self, patch_embeds: torch.Tensor, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:

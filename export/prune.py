@@ -19,7 +19,7 @@ the embeddings and ``lm_head`` are never touched.
 Importance of a structure ``s`` (its weights ``W_s``):
 
 - ``taylor``: ``sum_{w in W_s} |w * dL/dw|``, with ``dL/dw`` the gradient of the OpenVLA action-token
-  loss (``export.train.ActionLoss``) averaged over the calibration batches (LLM-Pruner's
+  loss (``export.train.sft.ActionLoss``) averaged over the calibration batches (LLM-Pruner's
   element-wise first-order term, summed over the structure). It estimates the loss increase of
   zeroing ``s``: a head whose ``o_proj`` columns are zero scores exactly 0.
 - ``magnitude``: ``||W_s||_2``.
@@ -277,7 +277,7 @@ def importance(
     """Score the attention groups and MLP channels of ``model.language_model.model.layers[i]``.
 
     Returns ({layer index: scores}, mean calibration loss or None). ``taylor`` runs forward and
-    backward on every batch (``export.train.Batch``), gradients flowing only into the scored
+    backward on every batch (``export.train.data.Batch``), gradients flowing only into the scored
     layers' weights; the model's ``requires_grad`` flags and gradients are restored afterwards.
     """
     decoder = model.language_model.model.layers
@@ -309,7 +309,7 @@ def _taylor(model: OpenVLA, layers: Sequence[int], batches: Sequence[Any],
             progress: bool) -> tuple[dict[int, StructureScores], float]:
     from tqdm import tqdm
 
-    from export.train import ActionLoss
+    from export.train.sft import ActionLoss
 
     decoder = model.language_model.model.layers
     params = list(model.parameters())
@@ -345,7 +345,7 @@ def _taylor(model: OpenVLA, layers: Sequence[int], batches: Sequence[Any],
 @torch.no_grad()
 def calibration_loss(model: OpenVLA, batches: Sequence[Any]) -> float:
     """Mean ActionLoss of ``model`` over ``batches`` (no gradients)."""
-    from export.train import ActionLoss
+    from export.train.sft import ActionLoss
 
     loss_fn = ActionLoss(model)
     return float(np.mean([float(loss_fn(b.to(model.device))[0]) for b in batches]))
@@ -547,7 +547,7 @@ def _sizes(model: OpenVLA, itemsize: int | None = None) -> dict[str, int]:
 def prune_model(model: OpenVLA, cfg: PruneConfig, calib_batches: Sequence[Any] | None = None) -> dict[str, Any]:
     """Prune ``model``'s LLM in place as ``cfg`` says; returns the report (see ``format_report``).
 
-    ``calib_batches``: ``export.train.Batch`` objects (``load_calibration_batches``); needed by
+    ``calib_batches``: ``export.train.data.Batch`` objects (``load_calibration_batches``); needed by
     ``taylor``, optional otherwise (then the report carries the calibration loss before/after).
     ``model.config`` is replaced by one with the new per-layer widths.
     """
@@ -650,7 +650,7 @@ def prune_model(model: OpenVLA, cfg: PruneConfig, calib_batches: Sequence[Any] |
 
 def load_calibration_batches(
     config: Any,
-    tokenizer_dir: str | Path,
+    checkpoint: str | Path,
     files: Sequence[str],
     n_batches: int,
     batch_size: int,
@@ -659,25 +659,22 @@ def load_calibration_batches(
 ) -> list[Any]:
     """``n_batches`` batches of ``batch_size`` demonstration steps, as rlrc-train builds them
     (no augmentation): sampled without replacement while the data lasts, seeded."""
-    from export.train import load_dataset, make_batch
-    from rlrc_runtime.action import ActionTokenizer
-    from rlrc_runtime.preprocess import ImageTransform
-    from rlrc_runtime.prompt import PromptTokenizer
+    from export.train.data import Collator, load_demos
+    from rlrc_runtime.transforms import Transforms
 
     for f in files:
         if not Path(f).is_file():
             raise MissingFileError(f"calibration data {f!r} does not exist; pass demonstration HDF5 files with --data "
-                                   "(e.g. from `python -m sim.cli demos --out demos.hdf5`)")
-    transform = ImageTransform.from_config(config)
-    tokenizer = PromptTokenizer.from_dir(tokenizer_dir)
-    action_tok = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
-    ds = load_dataset(list(files), transform, tokenizer, action_tok, dataset_key, config.norm_stats)
+                                   "(e.g. from `rlrc-sim demos --out demos.hdf5`)")
+    transforms = Transforms.from_checkpoint(checkpoint, config)
+    ds = load_demos(list(files), transforms, dataset_key, config.norm_stats)
     gen = torch.Generator().manual_seed(seed)
     need = n_batches * batch_size
     order = torch.cat([torch.randperm(len(ds), generator=gen) for _ in range(math.ceil(need / len(ds)))])[:need].numpy()
     pad = config.llm.pad_token_id if config.llm.pad_token_id is not None else 0
-    return [make_batch(ds, order[b * batch_size : (b + 1) * batch_size], transform, config.num_patches, pad,
-                       config.llm.eos_token_id) for b in range(n_batches)]
+    collate = Collator(ds.images, transforms, config.num_patches, pad, config.llm.eos_token_id)
+    return [collate([ds.sample(int(i)) for i in order[b * batch_size : (b + 1) * batch_size]])
+            for b in range(n_batches)]
 
 
 def _resolve_device(name: str) -> str:

@@ -1,10 +1,15 @@
 """Why do pick/place/stack/push episodes fail? Classify each episode by what the objects did.
 
-    python benchmarks/stack_outcomes.py --policy artifacts/base_policy/run/final [--family stack]
-        [--split id] [--episodes 100] [--seed 100000] [--json benchmarks/results/stack_outcomes.json]
+    python -m research.outcomes classify --policy CKPT [--family stack|place|push|pick] [--split id]
+        [--episodes 100] [--seed 100000] [--json F]
+    python -m research.outcomes bar-turns --files A.json,B.json,... [--json F]
 
-Runs the policy (torch backend) through the same episodes `rlrc-eval` scores (same split, same
-reset seeds) and puts every episode in one class. Place and stack, by which object left the table first:
+``classify`` runs the policy (torch backend) through the same episodes `rlrc-eval` scores (same split, same
+reset seeds, same action mapping) and puts every episode in one class. ``bar-turns`` reads several pick
+files written by ``classify`` and asks whether a bar's pick succeeds less often the further the hand
+must turn (below).
+
+Place and stack, by which object left the table first:
 
     success                      the task's success test passed
     success after wrong block    passed, but the goal object was lifted before the target
@@ -14,8 +19,7 @@ reset seeds) and puts every episode in one class. Place and stack, by which obje
     over-lift                    the target rose above OVER_LIFT m (the policy kept climbing)
     lifted target, failed place  everything else: the target was carried but not put down right
 
-"Rose" means the body's centre went LIFTED m above where it started. Reading of the numbers:
-benchmarks/results/eval_base_attempt7_id.md and eval_base_attempt9_id.md.
+"Rose" means the body's centre went LIFTED m above where it started.
 
 Push (`--family push`), by the way the block first moved (the side whose direction is nearest its
 displacement once that passes MOVED m):
@@ -50,25 +54,34 @@ in the table plane from the goal's), `end_height_m` (its centre above where it w
 goal) and `held_at_end` (both fingers on it). A "lifted target, failed place" episode that ends held,
 within HOVER_OFFSET of the goal and lower than HOVER_HEIGHT above its resting place carried the block
 to the goal and never let go; the summary counts those.
+``bar-turns``: for every bar episode of each pick file, the turn the scripted expert makes before it
+grasps is redrawn from the episode's seed: the rotation from the hand's yaw at reset (0) to the nearest
+grasp yaw, |turn| in [0, 90] degrees (``sim.recipes.grounding.orientation_answer``). It reports the
+success share per |turn| bin over all files and, per episode seed, in how many of the files it
+succeeded: a seed that fails in every run is hard for these policies, one that succeeds in some runs
+and not others is spread.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
-import platform
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlrc_runtime.cli_args import Subcommand, run_subcommands
+from rlrc_runtime.errors import ConfigError, DatasetError
+from sim import scene
+from sim.evaluate import to_env_action
+from sim.recipes.grounding import orientation_answer, redraw_task
+from sim.tasks import SIDES
+from research.report import Started, command_line, write_report
 
-from rlrc_runtime import load_policy  # noqa: E402
-from sim import make_env, scene  # noqa: E402
-from sim.evaluate import to_env_action  # noqa: E402
-from sim.tasks import SIDES  # noqa: E402
+PROG = "research.outcomes"
+SCHEMA = "rlrc-place-outcomes/1"
 
 LIFTED = 0.03
 """m an object's centre must rise above its start to count as lifted."""
@@ -280,56 +293,148 @@ def held_over_goal(episode: dict) -> bool:
             and episode["end_height_m"] < HOVER_HEIGHT)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", required=True, help="checkpoint directory (torch backend)")
-    parser.add_argument("--family", default="stack", choices=("stack", "place", "push", "pick"),
-                        help="stack or place (classed by the first object lifted), push (by the way it moved) "
-                             "or pick (by what the fingers did to the target)")
-    parser.add_argument("--split", default="id")
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=100000, help="first reset seed (rlrc-eval's default)")
-    parser.add_argument("--image-size", type=int, default=128, help="rendered frame side (rlrc-eval's default)")
-    parser.add_argument("--json", default=None, help="write the per-episode table and counts here")
-    args = parser.parse_args(argv)
+BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 75.0), (75.0, 90.0))
+"""|turn| bins in degrees (the last one closed); the tie between turning either way is at 90."""
 
+
+def bar_turn_deg(split: str, seed: int) -> float:
+    """|turn| in degrees from the hand's reset yaw (0) to the nearest grasp yaw of the pick episode's bar."""
+    bars = [p for p in redraw_task("pick", split, seed).placements if p.kind == "bar"]
+    if not bars:
+        raise DatasetError(f"pick episode seed {seed} on {split!r} has no bar; was the file written by another "
+                           "version of the task code? Rewrite it with `python -m research.outcomes classify`")
+    return abs(float(orientation_answer("bar", bars[0].yaw, 0.0)[2])) * 90.0
+
+
+def bar_turn_summary(files: list[Path]) -> dict[str, Any]:
+    """Per-bin successes over all files' bar episodes, and per seed the number of files it succeeded in."""
+    episodes = []
+    for path in files:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{path}: cannot read a pick outcome file ({exc})") from exc
+        if data.get("family") != "pick" or "episodes" not in data:
+            raise DatasetError(f"{path}: not a pick outcome file (family {data.get('family')!r}); write one with "
+                               "`python -m research.outcomes classify --family pick --json F`")
+        for e in data["episodes"]:
+            if e["kind"] == "bar":
+                episodes.append((int(e["seed"]), bar_turn_deg(data["split"], int(e["seed"])), bool(e["success"])))
+    bins = []
+    for lo, hi in BINS:
+        inside = [s for _, t, s in episodes if lo <= t < hi or (hi == BINS[-1][1] and t == hi)]
+        bins.append({"turn_deg": [lo, hi], "episodes": len(inside), "successes": sum(inside)})
+    seeds: dict[int, dict[str, Any]] = {}
+    for seed, turn, success in episodes:
+        row = seeds.setdefault(seed, {"seed": seed, "turn_deg": round(turn, 1), "runs": 0, "succeeded": 0})
+        row["runs"] += 1
+        row["succeeded"] += int(success)
+    return {"files": [str(p) for p in files], "bins": bins, "seeds": sorted(seeds.values(), key=lambda r: r["seed"])}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifyArgs:
+    policy: str = field(metadata={"help": "checkpoint directory (torch backend)"})
+    family: str = field(default="stack", metadata={
+        "help": "stack or place (classed by the first object lifted), push (by the way it moved) or pick (by what "
+                "the fingers did to the target)", "choices": ["stack", "place", "push", "pick"]})
+    split: str = field(default="id", metadata={"help": "benchmark split"})
+    episodes: int = field(default=100, metadata={"help": "episodes, reset seeds from --seed"})
+    seed: int = field(default=100000, metadata={"help": "first reset seed (rlrc-eval's default)"})
+    image_size: int = field(default=128, metadata={"help": "rendered frame side (rlrc-eval's default)"})
+    json: str | None = field(default=None, metadata={"help": "write the per-episode table and counts here"})
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ConfigError(f"--episodes={self.episodes} must be >= 1")
+        if self.family not in ("stack", "place", "push", "pick"):
+            raise ConfigError(f"--family={self.family!r}: expected stack, place, push or pick")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BarTurnsArgs:
+    files: str = field(metadata={"help": "pick outcome JSONs written by `classify --family pick`, comma-separated"})
+    json: str | None = field(default=None, metadata={"help": "write the summary here"})
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(p) for p in self.files.split(",") if p]
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            raise ConfigError("--files is empty; pass one or more pick outcome JSONs, comma-separated")
+
+
+def run_classify(args: ClassifyArgs, argv: list[str] | None = None) -> str:
     from tqdm import tqdm
+
+    from rlrc_runtime import load_policy
+    from sim import make_env
 
     policy = load_policy(args.policy, backend="torch")
     env = make_env(suite="tabletop", family=args.family, split=args.split, seed=args.seed, image_size=args.image_size)
-    start = time.perf_counter()
+    started = Started()
     run = {"push": run_push_episode, "pick": run_pick_episode}.get(args.family, run_episode)
-    episodes = [run(policy, env, seed)
-                for seed in tqdm(range(args.seed, args.seed + args.episodes), desc=args.family, unit="ep")]
+    try:
+        episodes = [run(policy, env, seed)
+                    for seed in tqdm(range(args.seed, args.seed + args.episodes), desc=args.family, unit="ep")]
+    finally:
+        env.close()
+        policy.close()
     counts = collections.Counter(e["outcome"] for e in episodes)
     width = max(len(k) for k in counts)
-    for outcome, n in counts.most_common():
-        print(f"{outcome:<{width}}  {n:4d}/{len(episodes)}")
+    lines = [f"{outcome:<{width}}  {n:4d}/{len(episodes)}" for outcome, n in counts.most_common()]
     stalled = sum(e["still_at_end"] >= 10 for e in episodes)
-    print(f"failed episodes that end with the hand still for 10+ steps: {stalled}/{len(episodes)}")
+    lines.append(f"failed episodes that end with the hand still for 10+ steps: {stalled}/{len(episodes)}")
     hovering = None
     if args.family == "pick":
         for kind in sorted({e["kind"] for e in episodes}):
             of_kind = [e for e in episodes if e["kind"] == kind]
-            print(f"{kind}: {sum(e['success'] for e in of_kind)}/{len(of_kind)} succeeded")
+            lines.append(f"{kind}: {sum(e['success'] for e in of_kind)}/{len(of_kind)} succeeded")
         bars = [e for e in episodes if e["kind"] == "bar"]
-        print(f"bar episodes whose first turn goes the expert's way: {sum(e['first_turn_agrees'] for e in bars)}"
-              f"/{len(bars)}")
+        lines.append(f"bar episodes whose first turn goes the expert's way: "
+                     f"{sum(bool(e['first_turn_agrees']) for e in bars)}/{len(bars)}")
     elif args.family != "push":
         hovering = sum(held_over_goal(e) for e in episodes)
-        print(f"failed episodes that end holding the target just over the goal: {hovering}/{len(episodes)}")
+        lines.append(f"failed episodes that end holding the target just over the goal: {hovering}/{len(episodes)}")
     if args.json:
-        report = {"schema": "rlrc-place-outcomes/1", "policy": args.policy, "family": args.family,
-                  "split": args.split, "seed": args.seed, "counts": dict(counts.most_common()),
-                  "lifted_m": LIFTED, "over_lift_m": OVER_LIFT, "moved_m": MOVED, "still_m": STILL,
-                  "stalled_10": stalled, "held_over_goal": hovering, "hover_offset_m": HOVER_OFFSET,
-                  "hover_height_m": HOVER_HEIGHT, "wall_s": round(time.perf_counter() - start, 1),
-                  "machine": platform.node() or "unknown", "date": time.strftime("%Y-%m-%d"),
-                  "command": "python benchmarks/stack_outcomes.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                  "episodes": episodes}
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    return 0
+        write_report(args.json, {
+            "schema": SCHEMA, "policy": args.policy, "family": args.family, "split": args.split, "seed": args.seed,
+            "counts": dict(counts.most_common()), "lifted_m": LIFTED, "over_lift_m": OVER_LIFT, "moved_m": MOVED,
+            "still_m": STILL, "stalled_10": stalled, "held_over_goal": hovering, "hover_offset_m": HOVER_OFFSET,
+            "hover_height_m": HOVER_HEIGHT, "episodes": episodes}, started, command_line(f"{PROG} classify", argv))
+    return "\n".join(lines)
+
+
+def run_bar_turns(args: BarTurnsArgs, argv: list[str] | None = None) -> str:
+    started = Started()
+    out = bar_turn_summary(args.paths)
+    lines = []
+    for b in out["bins"]:
+        share = b["successes"] / b["episodes"] if b["episodes"] else float("nan")
+        lines.append(f"|turn| {b['turn_deg'][0]:>4.0f}-{b['turn_deg'][1]:<4.0f} deg: {b['successes']}/{b['episodes']} "
+                     f"({share:.2f})")
+    runs = max((r["runs"] for r in out["seeds"]), default=0)
+    for k in range(runs + 1):
+        turns = [r["turn_deg"] for r in out["seeds"] if r["succeeded"] == k and r["runs"] == runs]
+        lines.append(f"bars that succeeded in {k} of {runs} runs: {len(turns)} (|turn| {sorted(round(t) for t in turns)})")
+    if args.json:
+        write_report(args.json, out, started, command_line(f"{PROG} bar-turns", argv))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = {
+        "classify": Subcommand(ClassifyArgs, lambda a: run_classify(a, argv),
+                               "replay rlrc-eval's episodes and class each by what the objects did"),
+        "bar-turns": Subcommand(BarTurnsArgs, lambda a: run_bar_turns(a, argv),
+                                "bar pick success against the expert's turn, over several pick outcome files"),
+    }
+    return run_subcommands(PROG, __doc__, commands, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,29 +1,27 @@
 """Keep a training run's logged metrics as a small results file, and compare it with others.
 
-    python benchmarks/train_curve.py --run artifacts/attempt13/run --label "attempt 13: ..." \
-        --command "BIND_STEPS=1000 SPLITS=id bash benchmarks/base_policy.sh artifacts/attempt13" \
-        --machine "2-core AMD EPYC, AVX-512" --out benchmarks/results/train_base_run13_curve.json
-    python benchmarks/train_curve.py --compare benchmarks/results/train_base_run9_curve.json \
-        benchmarks/results/train_base_run13_curve.json [--every 1000]
+    python -m research.train_curve export --run artifacts/base_policy/run --label "the recipe" \
+        --command "bash benchmarks/base_policy.sh" --machine "2-core AMD EPYC, AVX-512" --out CURVE.json
+    python -m research.train_curve compare --curves A.json,B.json [--every 1000]
 
-The first form reads RUN/metrics.jsonl (one JSON object per logged step, written by rlrc-train) and
-writes the schema `rlrc-train-curve/1`: run, command, date, machine and the rows unchanged. Run
-directories live in the ignored artifacts/ folder; the curve is what stays in git. The second form
-prints one line per compared step: the step and each curve's action CE (and accuracy), so two recipes
-can be read side by side.
+``export`` reads RUN/metrics.jsonl (one JSON object per logged step, written by rlrc-train) and writes the
+schema `rlrc-train-curve/1`: run, command, date, machine and the rows unchanged. Run directories live in
+the ignored artifacts/ folder; the curve is what can be kept (docs/experiments/results/ holds those of
+the base-policy attempts). ``compare`` prints one line per step every curve logged: the step and each
+curve's action CE (and accuracy), so two recipes can be read side by side.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlrc_runtime.cli_args import Subcommand, run_subcommands
+from rlrc_runtime.errors import ConfigError, DatasetError
 
-from rlrc_runtime.errors import ConfigError  # noqa: E402
-
+PROG = "research.train_curve"
 SCHEMA = "rlrc-train-curve/1"
 
 
@@ -31,7 +29,7 @@ def read_metrics(run: Path) -> list[dict]:
     """The rows of RUN/metrics.jsonl, in order; a clear error when the run has none."""
     path = run / "metrics.jsonl"
     if not path.is_file():
-        raise ConfigError(f"{path} does not exist: --run must be an rlrc-train --out directory that has logged at "
+        raise DatasetError(f"{path} does not exist: --run must be an rlrc-train --out directory that has logged at "
                           "least one step (see --log-every)")
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -40,13 +38,13 @@ def read_metrics(run: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{n} is not JSON ({e.msg}); the run was cut off mid-write? Delete that line "
+            raise DatasetError(f"{path}:{n} is not JSON ({e.msg}); the run was cut off mid-write? Delete that line "
                               "and rerun") from None
         if "step" not in row:
-            raise ConfigError(f"{path}:{n} has no 'step': not an rlrc-train metrics file")
+            raise DatasetError(f"{path}:{n} has no 'step': not an rlrc-train metrics file")
         rows.append(row)
     if not rows:
-        raise ConfigError(f"{path} is empty: the run has not logged a step yet")
+        raise DatasetError(f"{path} is empty: the run has not logged a step yet")
     return rows
 
 
@@ -56,9 +54,12 @@ def make_curve(run: Path, label: str, command: str, machine: str) -> dict:
 
 
 def load_curve(path: Path) -> dict:
-    curve = json.loads(path.read_text())
+    try:
+        curve = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read a curve ({exc})") from exc
     if curve.get("schema") != SCHEMA:
-        raise ConfigError(f"{path}: schema {curve.get('schema')!r}, expected {SCHEMA!r} (write it with --run)")
+        raise DatasetError(f"{path}: schema {curve.get('schema')!r}, expected {SCHEMA!r} (write one with `export`)")
     return curve
 
 
@@ -76,36 +77,51 @@ def compare(curves: list[dict], every: int) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExportArgs:
+    run: str = field(metadata={"help": "rlrc-train --out directory to export"})
+    out: str = field(metadata={"help": "curve JSON to write"})
+    label: str = field(default="", metadata={"help": "what the run is (kept beside the path)"})
+    command: str = field(default="", metadata={"help": "the command that trained it"})
+    machine: str = field(default="", metadata={"help": "the machine it trained on"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareArgs:
+    curves: str = field(metadata={"help": "curve JSONs to print side by side, comma-separated"})
+    every: int = field(default=500, metadata={"help": "print every N steps"})
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"--every={self.every} must be >= 1")
+        if not self.paths:
+            raise ConfigError("--curves is empty; pass one or more curve JSONs, comma-separated")
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(p) for p in self.curves.split(",") if p]
+
+
+def run_export(args: ExportArgs) -> str:
+    curve = make_curve(Path(args.run), args.label, args.command, args.machine)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(curve, indent=1) + "\n")
+    return f"wrote {len(curve['rows'])} rows (steps {curve['rows'][0]['step']}..{curve['rows'][-1]['step']}) to {out}"
+
+
+def run_compare(args: CompareArgs) -> str:
+    names = [f"[{i}] {path}" for i, path in enumerate(args.paths)]
+    return "\n".join(names + compare([load_curve(p) for p in args.paths], args.every))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="rlrc-train --out directory to export")
-    parser.add_argument("--label", default="", help="what the run is (kept beside the path)")
-    parser.add_argument("--command", default="", help="the command that trained it")
-    parser.add_argument("--machine", default="", help="the machine it trained on")
-    parser.add_argument("--out", type=Path, help="curve JSON to write")
-    parser.add_argument("--compare", type=Path, nargs="+", help="curve JSONs to print side by side")
-    parser.add_argument("--every", type=int, default=500, help="with --compare: print every N steps")
-    args = parser.parse_args(argv)
-    try:
-        if args.compare:
-            if args.every < 1:
-                raise ConfigError(f"--every={args.every} must be >= 1")
-            for i, path in enumerate(args.compare):
-                print(f"[{i}] {path}")
-            print("\n".join(compare([load_curve(p) for p in args.compare], args.every)))
-            return 0
-        if not (args.run and args.out):
-            raise ConfigError("give --run RUN --out FILE to export a curve, or --compare FILE... to read curves")
-        curve = make_curve(args.run, args.label, args.command, args.machine)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(curve, indent=1) + "\n")
-        print(f"wrote {len(curve['rows'])} rows (steps {curve['rows'][0]['step']}..{curve['rows'][-1]['step']}) "
-              f"to {args.out}")
-        return 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    commands = {
+        "export": Subcommand(ExportArgs, run_export, "a run's metrics.jsonl -> a curve JSON"),
+        "compare": Subcommand(CompareArgs, run_compare, "curves side by side: action CE / accuracy per step"),
+    }
+    return run_subcommands(PROG, __doc__, commands, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

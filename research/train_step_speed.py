@@ -1,14 +1,15 @@
-"""Where the recipe's training step spends its time on this CPU, and whether torch.compile or another
-attention kernel buys steps.
+"""Where a training step of the tabletop recipe spends its time on this CPU, and whether torch.compile,
+another attention kernel or the target-row head buys steps.
 
-    python benchmarks/train_step_speed.py --data artifacts/base_policy/demos_id_2000.hdf5 \
-        [--steps 30 --warmup 15] [--modes eager,sdpa_math,compile] [--json out.json]
+    python -m research.train_step_speed --data artifacts/base_policy/demos_id_2000.hdf5 \
+        [--steps 30 --warmup 15] [--modes eager,sdpa_math,compile,target_head] [--preset base-96] [--json F]
 
-One step is `rlrc-train`'s recipe step: base-128 from scratch, a batch of 64 rows (51 demo frames and 13
-grounding questions, `--ground-frac 0.2 --ground-task`), HL-Gauss targets (`--label-sigma 2`), 6-px shifts,
-backward, gradient clipping and AdamW. Modes:
+One step is `rlrc-sim train`'s step with the recipe's grounding share: a batch of 64 rows (51 demonstration
+frames and 13 grounding questions, `--ground-frac 0.2 --ground-task`, drawn by the recipe as the trainer draws
+them), HL-Gauss targets (`--label-sigma 2`), 6-px shifts, backward, gradient clipping and AdamW, from scratch.
+Modes:
 
-    eager       what rlrc-train runs
+    eager       what the trainer runs
     sdpa_math   the same, with scaled_dot_product_attention forced to its plain (math) kernel
     compile     torch.compile of the loss module (inductor), the text padded to a fixed width so one
                 graph serves every batch; the compile time is reported apart
@@ -18,61 +19,79 @@ backward, gradient clipping and AdamW. Modes:
 Each mode starts from the same initial weights and draws the same batches, so the losses printed
 must agree to a few digits (a mode that changes the result is not a speed-up); target_head starts from
 those weights with the non-target head rows zeroed, so its loss differs from the first step on.
---preset times another model (e.g. base-96, fewer image tokens). The eager mode is also
-profiled (torch.profiler, the same steps) and its share of time per operator is reported.
+--preset times another model (base-96: fewer image tokens). The eager mode is also profiled
+(torch.profiler, further steps) and its share of time per operator is reported. Modes run one after
+the other in one process, so compare them as ratios from one run.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from export.model import OpenVLA, init_weights
+from export.tiny import get_preset, preset_config
+from export.tokenizer_gen import write_tokenizer
+from export.train.data import Batch, Collator, DemoSteps, load_demos
+from export.train.loop import param_groups
+from export.train.sft import ActionLoss, demo_collator, target_head_rows
+from rlrc_runtime.cli_args import Subcommand, run_subcommands
+from rlrc_runtime.errors import ConfigError
+from rlrc_runtime.transforms import Transforms
+from sim.recipes.tabletop import TabletopRecipe, TabletopRecipeConfig
+from research.report import Started, command_line, write_report
 
-from export.model import OpenVLA, init_weights  # noqa: E402
-from export.tiny import get_preset, preset_config  # noqa: E402
-from export.tokenizer_gen import write_tokenizer  # noqa: E402
-from export.train import (ActionDataset, ActionLoss, Batch, load_dataset, make_batch, param_groups,  # noqa: E402
-                          target_head_rows)
-from rlrc_runtime.action import ActionTokenizer  # noqa: E402
-from rlrc_runtime.preprocess import ImageTransform  # noqa: E402
-from rlrc_runtime.prompt import PromptTokenizer  # noqa: E402
-
+PROG = "research.train_step_speed"
 MODES = ("eager", "sdpa_math", "compile", "target_head")
-BATCH, QUERIES = 64, 13  # the recipe's batch and its 20 % grounding questions
+BATCH, GROUND_FRAC = 64, 0.2  # the recipe's batch and its grounding share (13 rows of 64)
 
 
-def recipe_batch(ds: ActionDataset, transform: ImageTransform, model: OpenVLA, step: int, width: int) -> Batch:
-    """The batch of `step` (same draw in every mode); text right-padded to `width` when > 0."""
-    config = model.config
+@dataclass
+class Setup:
+    """The demonstration steps, the recipe that adds its questions, and the batch builder, shared by every mode."""
+
+    data: DemoSteps
+    recipe: TabletopRecipe
+    collate: Collator
+    transforms: Transforms
+    pad_id: int
+
+
+def recipe_batch(setup: Setup, step: int, width: int) -> Batch:
+    """The batch of ``step`` (the same draw in every mode); text right-padded to ``width`` when > 0."""
     gen = torch.Generator().manual_seed(step)
-    idx = torch.randint(0, len(ds), (BATCH - QUERIES,), generator=gen).numpy()
-    queries = torch.randint(0, len(ds.query_image), (QUERIES,), generator=gen).numpy()
-    batch = make_batch(ds, idx, transform, config.num_patches, config.llm.pad_token_id or 0, config.llm.eos_token_id,
-                       gen, 6, queries)
+    n_recipe = setup.recipe.rows(BATCH)
+    idx = torch.randint(0, len(setup.data), (BATCH - n_recipe,), generator=gen).numpy()
+    more, extras = setup.recipe.samples(idx, gen)
+    batch = setup.collate([setup.data.sample(int(i)) for i in idx] + more, gen, extras)
     if width:
         if batch.input_ids.shape[1] > width:
-            raise SystemExit(f"a batch is {batch.input_ids.shape[1]} tokens wide, more than --width {width}")
-        ids = torch.full((batch.input_ids.shape[0], width), config.llm.pad_token_id or 0, dtype=torch.long)
+            raise ConfigError(f"a batch is {batch.input_ids.shape[1]} tokens wide, more than --width {width}")
+        ids = torch.full((batch.input_ids.shape[0], width), setup.pad_id, dtype=torch.long)
         ids[:, : batch.input_ids.shape[1]] = batch.input_ids
         batch.input_ids = ids  # pads after EOS: the causal mask keeps them out of every supervised position
     return batch
 
 
-def run_mode(mode: str, ds: ActionDataset, transform: ImageTransform, actions: ActionTokenizer, args) -> dict:
-    config = preset_config(get_preset(args.preset), norm_stats={}).replace(norm_stats=ds.norm_stats)
-    model = OpenVLA(config)
+def new_model(preset: str, norm_stats: dict[str, Any]) -> OpenVLA:
+    """The mode's model: ``preset`` from the same initial weights every time."""
+    model = OpenVLA(preset_config(get_preset(preset), norm_stats=norm_stats))
     init_weights(model, seed=0, sincos_pos=True)
     model.train()
     model.freeze_unused()
-    action_ids = (actions.first_action_token, actions.vocab_size)
-    rows = target_head_rows(model, action_ids, config.llm.eos_token_id, None) if mode == "target_head" else None
+    return model
+
+
+def run_mode(mode: str, setup: Setup, args: "SpeedArgs") -> dict[str, Any]:
+    model = new_model(args.preset, setup.data.norm_stats)
+    action = setup.transforms.action
+    action_ids = (action.first_action_token, action.vocab_size)
+    rows = target_head_rows(model, action_ids, model.config.llm.eos_token_id, None) if mode == "target_head" else None
     loss_fn = ActionLoss(model, action_ids, label_sigma=2.0, head_rows=rows)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
     fn = torch.compile(loss_fn) if mode == "compile" else loss_fn
@@ -87,7 +106,7 @@ def run_mode(mode: str, ds: ActionDataset, transform: ImageTransform, actions: A
         losses, timed, first = [], 0.0, 0.0
         for step in range(args.warmup + args.steps):
             t0 = time.perf_counter()
-            batch = recipe_batch(ds, transform, model, step, width)
+            batch = recipe_batch(setup, step, width)
             opt.zero_grad(set_to_none=True)
             loss, _ = fn(batch)
             loss.backward()
@@ -107,17 +126,17 @@ def run_mode(mode: str, ds: ActionDataset, transform: ImageTransform, actions: A
     print(f"{mode:10s} {row['steps_per_s']:.2f} step/s ({row['samples_per_s']:.0f} samples/s), first step "
           f"{first:.1f} s, loss after {len(losses)} steps {losses[-1]:.4f}", flush=True)
     if mode == "eager" and args.profile:
-        row["profile"] = profile_shares(fn, opt, ds, transform, model)
+        row["profile"] = profile_shares(fn, opt, setup)
     return row
 
 
-def profile_shares(fn, opt, ds: ActionDataset, transform: ImageTransform, model: OpenVLA, steps: int = 5) -> dict:
-    """Share of the self CPU time of the top operators over `steps` further steps."""
+def profile_shares(fn: Any, opt: torch.optim.Optimizer, setup: Setup, steps: int = 5) -> dict[str, float]:
+    """Share of the self CPU time of the top operators over ``steps`` further steps."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for step in range(steps):
-            batch = recipe_batch(ds, transform, model, 10_000 + step, 0)
+            batch = recipe_batch(setup, 10_000 + step, 0)
             opt.zero_grad(set_to_none=True)
             loss, _ = fn(batch)
             loss.backward()
@@ -129,41 +148,55 @@ def profile_shares(fn, opt, ds: ActionDataset, transform: ImageTransform, model:
     return shares
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="demos of the id split written by `rlrc-sim demos` (grounding needs "
-                                                   "their episode seeds)")
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per mode")
-    ap.add_argument("--warmup", type=int, default=15, help="untimed steps first (compile happens in the first)")
-    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    ap.add_argument("--preset", default="base-128", help="model preset (export/tiny.py); the recipe's is base-128")
-    ap.add_argument("--width", type=int, default=48, help="compile mode: fixed text width in tokens")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (rlrc-train's default on this machine)")
-    ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip the eager profile")
-    ap.add_argument("--json", help="write the results here")
-    args = ap.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown:
-        ap.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
-    if min(args.steps, args.warmup) < 1:
-        ap.error("--steps and --warmup must be >= 1")
+@dataclass(frozen=True, kw_only=True)
+class SpeedArgs:
+    data: str = field(metadata={"help": "demos of the id split written by `rlrc-sim demos` (the grounding questions "
+                                        "need their episode seeds), comma-separated"})
+    steps: int = field(default=30, metadata={"help": "timed steps per mode"})
+    warmup: int = field(default=15, metadata={"help": "untimed steps first (compile happens in the first)"})
+    modes: str = field(default=",".join(MODES), metadata={"help": f"comma-separated, of {', '.join(MODES)}"})
+    preset: str = field(default="base-128", metadata={"help": "model preset (`rlrc-export presets`)"})
+    width: int = field(default=48, metadata={"help": "compile mode: fixed text width in tokens"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    profile: bool = field(default=True, metadata={"help": "profile the eager mode"})
+    json: str | None = field(default=None, metadata={"help": "write the results here"})
+
+    @property
+    def mode_list(self) -> list[str]:
+        return [m for m in self.modes.split(",") if m]
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.mode_list) - set(MODES))
+        if unknown or not self.mode_list:
+            raise ConfigError(f"--modes={self.modes!r}: unknown or no mode {unknown}; choose from {list(MODES)}")
+        if min(self.steps, self.warmup, self.width, self.threads) < 1:
+            raise ConfigError("--steps, --warmup, --width and --threads must be >= 1")
+
+
+def run(args: SpeedArgs, argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads)
     config = preset_config(get_preset(args.preset), norm_stats={})
-    transform = ImageTransform.from_config(config)
-    with tempfile.TemporaryDirectory() as tok_dir:
+    with tempfile.TemporaryDirectory() as tok_dir:  # the tokenizer is read into memory
         write_tokenizer(Path(tok_dir), model_max_length=config.llm.max_position_embeddings)
-        tokenizer = PromptTokenizer.from_dir(tok_dir)
-    actions = ActionTokenizer(vocab_size=config.token_vocab_size, n_bins=config.n_action_bins)
-    ds = load_dataset([args.data], transform, tokenizer, actions, None, None, grounding=True, task_queries=True)
-    rows = [run_mode(m, ds, transform, actions, args) for m in modes]
-    out = {"command": "python benchmarks/train_step_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-           f"torch {torch.__version__}", "preset": args.preset, "batch": BATCH, "grounding_rows": QUERIES, "rows": rows}
+        transforms = Transforms.for_new_model(config, tok_dir)
+    recipe = TabletopRecipe(TabletopRecipeConfig(ground_frac=GROUND_FRAC, ground_task=True))
+    data = load_demos([p for p in args.data.split(",") if p], transforms, None, None, recipe.read_demo)
+    model = new_model(args.preset, data.norm_stats)
+    recipe.prepare(model, data, transforms)
+    setup = Setup(data, recipe, demo_collator(data, transforms, model, 6), transforms, config.llm.pad_token_id or 0)
+    started = Started()
+    rows = [run_mode(m, setup, args) for m in args.mode_list]
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+        write_report(args.json, {"preset": args.preset, "batch": BATCH, "grounding_rows": recipe.rows(BATCH),
+                                 "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows},
+                     started, command_line(PROG, argv))
+    base = rows[0]["steps_per_s"]
+    return ", ".join(f"{r['mode']} {r['steps_per_s'] / base:.2f}x" for r in rows) + f" (step/s against {rows[0]['mode']})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_subcommands(PROG, __doc__, {"": Subcommand(SpeedArgs, lambda a: run(a, argv))}, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

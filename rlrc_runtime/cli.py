@@ -1,7 +1,6 @@
 """``rlrc-predict``: run one frame + instruction through a policy and print the action and timings."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -9,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rlrc_runtime.cli_args import add_arguments, from_namespace
-from rlrc_runtime.errors import InputError, RLRCError
+from rlrc_runtime.cli_args import run_command
+from rlrc_runtime.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -55,37 +54,34 @@ def load_image(path: str) -> np.ndarray:
         raise InputError(f"cannot read image {path!r}: {exc}") from exc
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlrc-predict", description=__doc__)
-    add_arguments(parser, PredictArgs)
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args = from_namespace(PredictArgs, ns)
-        from rlrc_runtime import load_policy
+def predict(args: PredictArgs) -> str:
+    from rlrc_runtime import load_policy
 
-        image = load_image(args.image) if args.image else test_scene()
-        with load_policy(args.policy, backend=args.backend, device=args.device, dtype=args.dtype) as policy:
-            for _ in range(args.repeat):
-                result = policy.infer(image, args.instruction, args.unnorm_key)
-    except RLRCError as exc:
-        print(f"rlrc-predict: error: {exc}", file=sys.stderr)
-        return 2
+    image = load_image(args.image) if args.image else test_scene()
+    with load_policy(args.policy, backend=args.backend, device=args.device, dtype=args.dtype) as policy:
+        for _ in range(args.repeat):
+            result = policy.infer(image, args.instruction, args.unnorm_key)
     out = {
         "instruction": args.instruction,
         "unnorm_key": result.unnorm_key,
         "action": [round(float(a), 6) for a in result.action],
+        "chunk": [[round(float(a), 6) for a in row] for row in result.chunk],
         "action_tokens": result.action_tokens.tolist(),
         "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
     }
     if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"instruction : {args.instruction!r}")
-        print(f"action      : {np.array2string(result.action, precision=4, floatmode='fixed')}  ({result.unnorm_key})")
-        print(f"tokens      : {out['action_tokens']}")
-        print("timings ms  : " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items()))
-    return 0
+        return json.dumps(out)
+    lines = [f"instruction : {args.instruction!r}",
+             f"action      : {np.array2string(result.action, precision=4, floatmode='fixed')}  ({result.unnorm_key})"]
+    if len(result.chunk) > 1:
+        lines.append(f"chunk       : {len(result.chunk)} actions (one inference)")
+    lines += [f"tokens      : {out['action_tokens']}",
+              "timings ms  : " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("rlrc-predict", __doc__, PredictArgs, predict, argv, logging.WARNING)
 
 
 if __name__ == "__main__":

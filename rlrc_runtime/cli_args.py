@@ -1,5 +1,8 @@
 """Dataclass-driven argparse: one frozen dataclass per command, its field help becomes --help.
 
+Every CLI of the project is declared this way: ``run_command`` for a command, ``run_subcommands`` for
+one with subcommands, ``combined_config`` when one command takes the options of several configs.
+
 Each field carries ``metadata={"help": ...}``; the CLI builds flags from the fields, parses, and
 constructs the dataclass, whose ``__post_init__`` validates values and names the flag at fault.
 """
@@ -7,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,9 +43,30 @@ def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
 
 
-def save_resolved(config: Any, path: str | Path) -> None:
-    """Write the resolved config next to a command's output (house style: reproducible runs)."""
-    Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+def combined_config(name: str, *classes: type, leading: tuple[tuple[str, type, Any], ...] = ()) -> type:
+    """One frozen CLI dataclass with the ``leading`` (name, type, field) entries, then every field of
+    ``classes`` (their help and defaults are the one source); pick each part back with ``split_config``."""
+    entries: list[tuple[str, Any, Any]] = list(leading)
+    seen = {e[0] for e in entries}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            if f.default is not dataclasses.MISSING:
+                spec = dataclasses.field(default=f.default, metadata=f.metadata)
+            elif f.default_factory is not dataclasses.MISSING:
+                spec = dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+            else:
+                spec = dataclasses.field(metadata=f.metadata)
+            entries.append((f.name, hints[f.name], spec))
+    return dataclasses.make_dataclass(name, entries, frozen=True, kw_only=True)
+
+
+def split_config(args: Any, cls: type[T]) -> T:
+    """The ``cls`` part of a ``combined_config`` value (validated by cls's own ``__post_init__``)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init})
 
 
 def _base_type(kind: Any) -> Any:
@@ -57,23 +80,53 @@ def _base_type(kind: Any) -> Any:
     return str
 
 
-def run_command(prog: str, doc: str | None, cls: type[T], run: "typing.Callable[[T], str]",
+def run_command(prog: str, doc: str | None, cls: type[T], run: "typing.Callable[[T], str | None]",
                 argv: list[str] | None = None, log_level: int = 20) -> int:
     """The whole main() of a one-dataclass command: parse, configure logging, run, print its
     one-line result; an RLRCError becomes ``prog: error: ...`` on stderr and exit status 2."""
+    return run_subcommands(prog, doc, {"": Subcommand(cls, run)}, argv, log_level)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    """One subcommand: its config dataclass (flags, help, validation), what it runs, its one-line help."""
+
+    config: type
+    run: "typing.Callable[[Any], str | None]"
+    help: str = ""
+
+
+def run_subcommands(prog: str, doc: str | None, commands: "dict[str, Subcommand]", argv: list[str] | None = None,
+                    log_level: int = 20) -> int:
+    """main() of a command with subcommands (``{"": ...}`` alone = no subcommand): parse, configure
+    logging (``-v`` for debug), build the chosen config, run it and print what it returns. Bad input
+    (an RLRCError, raised by a config's validation or by the work) becomes ``prog [sub]: error: ...`` on
+    stderr and exit status 2."""
     import logging
     import sys
 
     from rlrc_runtime.errors import RLRCError
 
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, cls)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    if set(commands) == {""}:
+        add_arguments(parser, commands[""].config)
+        parser.set_defaults(_command="")
+    else:
+        sub = parser.add_subparsers(dest="_command", required=True, metavar="COMMAND")
+        for name, command in commands.items():
+            p = sub.add_parser(name, help=command.help, description=command.help or None)
+            add_arguments(p, command.config)
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else log_level, format="%(levelname)s %(name)s: %(message)s")
+    name = ns._command
+    label = f"{prog} {name}".strip()
+    command = commands[name]
     try:
-        message = run(from_namespace(cls, ns))
+        message = command.run(from_namespace(command.config, ns))
     except RLRCError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{label}: error: {exc}", file=sys.stderr)
         return 2
-    print(message)
+    if message:
+        print(message)
     return 0

@@ -9,6 +9,9 @@ timm ids and a uniform Llama imply (pruned layers, tiny towers, other image or p
   ``layer_intermediate_size``: per-layer widths after structured pruning;
 - ``text_config.head_dim``: kept fixed by head pruning, so no longer ``hidden_size / heads``;
 - ``rlrc_vision_towers``: per-tower dims when they differ from the timm model the id names.
+- ``rlrc_action_chunk`` / ``rlrc_decoding``: actions per inference (K) and how their tokens are decoded:
+  ``autoregressive`` (OpenVLA: one token per pass, K = 1) or ``parallel`` (OpenVLA-OFT: K x action_dim
+  empty slots after the prompt, attending bidirectionally among themselves, decoded in one pass).
 """
 from __future__ import annotations
 
@@ -332,6 +335,9 @@ class LLMConfig:
         return out
 
 
+DECODINGS = ("autoregressive", "parallel")
+
+
 @dataclass(frozen=True)
 class VLAConfig:
     """An OpenVLA-architecture model: vision towers, projector, Llama decoder, action format."""
@@ -348,6 +354,10 @@ class VLAConfig:
     """Embedding padding; the tokenizer's vocabulary is ``llm.vocab_size - pad_to_multiple_of``."""
     image_resize_strategy: str = "resize-naive"
     """How frames become ``image_size`` squares (OpenVLA: 'resize-naive')."""
+    action_chunk: int = 1
+    """Actions predicted per inference (K); > 1 needs ``decoding='parallel'``."""
+    decoding: str = "autoregressive"
+    """'autoregressive' (OpenVLA, one token per decoder pass) or 'parallel' (OpenVLA-OFT style)."""
     arch_specifier: str = "no-align+fused-gelu-mlp"
     """Prismatic projector spec; recorded for compatibility."""
     norm_stats: dict[str, Any] | None = field(default=None, compare=False)
@@ -375,6 +385,13 @@ class VLAConfig:
             )
         if self.n_action_bins < 2:
             raise ConfigError(f"n_action_bins={self.n_action_bins} must be >= 2")
+        if self.decoding not in DECODINGS:
+            raise ConfigError(f"rlrc_decoding={self.decoding!r}: expected one of {list(DECODINGS)}")
+        if not isinstance(self.action_chunk, int) or not 1 <= self.action_chunk <= 64:
+            raise ConfigError(f"rlrc_action_chunk={self.action_chunk!r}: expected an integer in [1, 64]")
+        if self.action_chunk > 1 and self.decoding != "parallel":
+            raise ConfigError(f"rlrc_action_chunk={self.action_chunk} needs rlrc_decoding='parallel' (autoregressive "
+                              "decoding predicts one action per pass)")
         if self.token_vocab_size < self.n_action_bins:
             raise ConfigError(
                 f"tokenizer vocabulary {self.token_vocab_size} (vocab_size - pad_to_multiple_of) is smaller "
@@ -451,8 +468,11 @@ class VLAConfig:
         known = {
             "model_type", "vision_backbone_id", "timm_model_ids", "use_fused_vision_backbone", "image_sizes",
             "rlrc_vision_towers", "text_config", "n_action_bins", "pad_to_multiple_of",
-            "image_resize_strategy", "arch_specifier", "norm_stats",
+            "image_resize_strategy", "arch_specifier", "norm_stats", "rlrc_action_chunk", "rlrc_decoding",
         }
+        chunk = cfg.get("rlrc_action_chunk", 1)
+        if isinstance(chunk, bool) or not isinstance(chunk, int):
+            raise ConfigError(f"{source}: rlrc_action_chunk={chunk!r} must be an integer (actions per inference)")
         return cls(
             vision_backbone_id=backbone,
             towers=towers,
@@ -462,6 +482,8 @@ class VLAConfig:
             image_resize_strategy=cfg.get("image_resize_strategy", "resize-naive"),
             arch_specifier=cfg.get("arch_specifier", "no-align+fused-gelu-mlp" if len(towers) == 2 else "no-align+gelu-mlp"),
             norm_stats=cfg.get("norm_stats"),
+            action_chunk=chunk,
+            decoding=str(cfg.get("rlrc_decoding", "autoregressive")),
             extra={k: v for k, v in cfg.items() if k not in known},
         )
 
@@ -496,6 +518,9 @@ class VLAConfig:
             out["rlrc_vision_towers"] = overrides
         else:
             out.pop("rlrc_vision_towers", None)
+        if self.decoding != "autoregressive" or self.action_chunk != 1:
+            out["rlrc_action_chunk"] = self.action_chunk
+            out["rlrc_decoding"] = self.decoding
         return out
 
     def replace(self, **changes: Any) -> "VLAConfig":

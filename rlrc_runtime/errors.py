@@ -49,6 +49,10 @@ class UnnormKeyError(RLRCError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DatasetError(RLRCError):
+    """A demonstration file is missing, malformed, or lacks what a command needs from it."""
+
+
 class BackendError(RLRCError):
     """A backend is unknown, not installed here, or failed to run."""
 

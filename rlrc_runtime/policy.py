@@ -33,15 +33,17 @@ class InferenceResult:
     """One control step's output."""
 
     action: np.ndarray
-    """[D] float32, unnormalized (robot units), OpenVLA convention."""
+    """[D] float32, unnormalized (robot units), OpenVLA convention: the chunk's first action."""
     normalized_action: np.ndarray
     """[D] float32 in [-1, 1] before unnormalization."""
     action_tokens: np.ndarray
-    """[D] int64 token ids the LLM generated."""
+    """[K * D] int64 token ids the LLM generated."""
     unnorm_key: str
     """Dataset whose statistics unnormalized the action."""
     timings_ms: dict[str, float] = field(default_factory=dict)
     """Wall-clock ms per stage: preprocess, vision, llm, decode, total."""
+    chunk: np.ndarray | None = None
+    """[K, D] float32: the K actions of one inference (K = 1 for autoregressive OpenVLA), robot units."""
 
 
 class Policy:
@@ -84,13 +86,15 @@ class Policy:
             input_ids = self.tokenizer(instruction)  # [T]
         with timer.stage("vision"):
             patches = self.backend.encode_image(pixel_values)
+        k = self.config.action_chunk
         with timer.stage("llm"):
-            tokens = self.backend.generate(patches, input_ids, stats.action_dim)  # [D]
+            tokens = self.backend.generate(patches, input_ids, k * stats.action_dim)  # [K * D]
         with timer.stage("decode"):
-            normalized = self.action_tokenizer.decode(tokens)
-            action = stats.unnormalize(normalized).astype(np.float32)
-        if not np.all(np.isfinite(action)):  # unreachable with validated stats; a robot must never see it
-            raise RLRCError(f"non-finite action {action.tolist()} from tokens {tokens.tolist()}")
+            normalized = self.action_tokenizer.decode(tokens).reshape(k, stats.action_dim)  # [K, D]
+            chunk = stats.unnormalize(normalized).astype(np.float32)
+        if not np.all(np.isfinite(chunk)):  # unreachable with validated stats; a robot must never see it
+            raise RLRCError(f"non-finite action {chunk.tolist()} from tokens {tokens.tolist()}")
+        action, normalized = chunk[0], normalized[0]
         timer.ms["total"] = (time.perf_counter() - start) * 1e3
         return InferenceResult(
             action=action,
@@ -98,11 +102,21 @@ class Policy:
             action_tokens=tokens,
             unnorm_key=key,
             timings_ms=dict(timer.ms),
+            chunk=chunk,
         )
 
     def predict_action(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None) -> np.ndarray:
         """image + instruction -> unnormalized action [D] float32 (OpenVLA's predict_action)."""
         return self.infer(image, instruction, unnorm_key).action
+
+    def predict_chunk(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None) -> np.ndarray:
+        """image + instruction -> the next K unnormalized actions [K, D] float32 (K = config.action_chunk)."""
+        return self.infer(image, instruction, unnorm_key).chunk
+
+    @property
+    def action_chunk(self) -> int:
+        """Actions per inference (K)."""
+        return self.config.action_chunk
 
     def close(self) -> None:
         self.backend.deactivate()

@@ -45,14 +45,22 @@ class ImageTransform:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB -> pixel_values [1, 3 * n_towers, S, S] float32."""
-        x = self.resize(image).astype(np.float32) / np.float32(255.0)  # [S, S, 3]
-        x = x.transpose(2, 0, 1)  # [3, S, S]
+        return self.normalize(self.resize(image)[None])
+
+    def normalize(self, frames: np.ndarray) -> np.ndarray:
+        """Resized frames [B, S, S, 3] uint8 -> pixel_values [B, 3 * n_towers, S, S] float32.
+
+        The arithmetic of torchvision's ``to_tensor`` + ``normalize``: x / 255, then (x - mean) / std,
+        each in float32.
+        """
+        x = frames.astype(np.float32) / np.float32(255.0)  # [B, S, S, 3]
+        x = x.transpose(0, 3, 1, 2)  # [B, 3, S, S]
         planes = []
         for mean, std in zip(self.means, self.stds):
             m = np.asarray(mean, dtype=np.float32)[:, None, None]
             s = np.asarray(std, dtype=np.float32)[:, None, None]
             planes.append((x - m) / s)
-        return np.ascontiguousarray(np.concatenate(planes, axis=0)[None])
+        return np.ascontiguousarray(np.concatenate(planes, axis=1))
 
 
 def check_image(image: object) -> None:

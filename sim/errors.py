@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Iterable
 
 from rlrc_runtime.errors import ConfigError, RLRCError
+from rlrc_runtime.errors import DatasetError as BaseDatasetError
 
 
 class SimError(RLRCError):
@@ -28,8 +29,8 @@ class ActionError(SimError, ValueError):
     """An action passed to `TabletopEnv.step` has the wrong shape, dtype range or is not finite."""
 
 
-class DatasetError(SimError):
-    """An HDF5 demonstration file does not have the layout the reader expects."""
+class DatasetError(SimError, BaseDatasetError):
+    """Demonstrations cannot be written as asked (the reader's errors are rlrc_runtime's DatasetError)."""
 
 
 def unknown_name(field: str, value: str, choices: Iterable[str]) -> UnknownNameError:
@@ -39,5 +40,5 @@ def unknown_name(field: str, value: str, choices: Iterable[str]) -> UnknownNameE
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return UnknownNameError(
         f"{field}={value!r} is not known; expected one of {choices}.{hint} "
-        f"(`python -m sim.cli list` prints every family and split.)"
+        f"(`rlrc-sim list` prints every family and split.)"
     )

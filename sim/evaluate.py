@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from rlrc_runtime.chunking import ChunkExecution, ChunkExecutor
 from rlrc_runtime.cli_args import run_command
 from rlrc_runtime.errors import ConfigError
 
@@ -50,9 +51,16 @@ class EvalConfig:
     video_dir: str | None = field(default=None, metadata={"help": "write GIFs and a contact sheet of the first episodes here"})
     video_episodes: int = field(default=1, metadata={"help": "episodes per family recorded to --video-dir"})
     plot: str | None = field(default=None, metadata={"help": "write a PNG bar plot of success per family"})
+    chunk_mode: str = field(default="open_loop", metadata={"help": "policies that predict action chunks: "
+                                                                   "'open_loop' (execute the chunk, then re-plan) or "
+                                                                   "'ensemble' (ACT temporal ensembling)",
+                                                           "choices": ["open_loop", "ensemble"]})
+    replan: int = field(default=0, metadata={"help": "chunked policies: control steps between inferences; 0 = the "
+                                                     "mode's default (open loop: the chunk length, ensemble: 1)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        ChunkExecution(self.chunk_mode, self.replan)  # validates both
         if self.episodes < 1 or self.workers < 1 or self.video_episodes < 0:
             raise ConfigError(f"--episodes={self.episodes} and --workers={self.workers} must be >= 1, "
                               f"--video-episodes={self.video_episodes} >= 0")
@@ -124,10 +132,16 @@ def run_episode(family: str, seed: int, record: bool = False) -> tuple[EpisodeRe
     step_ms: list[float] = []
     success = False
     steps = 0
+    chunks = (ChunkExecutor(policy.action_chunk, ChunkExecution(cfg.chunk_mode, cfg.replan))
+              if policy.action_chunk > 1 else None)
     while True:
-        res = policy.infer(obs["image"], obs["instruction"], cfg.unnorm_key)
-        step_ms.append(res.timings_ms["total"])
-        obs, reward, terminated, truncated, info = env.step(to_env_action(res.action))
+        if chunks is None or chunks.needs_plan():
+            res = policy.infer(obs["image"], obs["instruction"], cfg.unnorm_key)
+            step_ms.append(res.timings_ms["total"])  # one entry per inference
+            if chunks is not None:
+                chunks.add(res.chunk)
+        action = res.action if chunks is None else chunks.action()
+        obs, reward, terminated, truncated, info = env.step(to_env_action(action))
         steps += 1
         if record:
             frames.append(obs["image"])

@@ -13,14 +13,14 @@ closed on nothing: the expert opens and approaches again).
 
 No step commands "closed: hold still": while the fingers close the hand already rises a little,
 and a carried block descends as it nears its goal and is let go on arrival. A single-frame policy
-sees neither how far the fingers have closed nor its height precisely; with such steps in the
-data the trained base policy closed and hovered, or stalled over the goal (docs/benchmark.md).
-Push does not wait at a hover point to switch to "descend" either: its target height is a
-continuous function of the remaining xy and yaw error (`funnel_height`), so the hand goes down
-while it aligns. The grasping experts keep "hover, then straight down": with a funnel the trained
-policy closed its fingers 4-5 cm above the object, 2-4 cm off to the side (attempt 6,
-docs/benchmark.md); a straight descent makes "low and directly over it" the one picture where the
-fingers close.
+sees neither how far the fingers have closed nor its height precisely, so such a step gives it
+near-identical frames with different labels, and it learns to close and hover, or to stall over
+the goal (docs/benchmark.md, "Why the experts are written this way"). Push does not wait at a
+hover point to switch to "descend" either: its target height is a continuous function of the
+remaining xy and yaw error (`funnel_height`), so the hand goes down while it aligns. The grasping
+experts keep "hover, then straight down": with a funnel the hand arrives from the side at every
+height, and one frame does not tell "at the bottom" from "a few cm up and to the side"; a straight
+descent makes "low and directly over it" the one picture where the fingers close.
 """
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ BOTTOM_Z_TOL = 0.012
 BOTTOM_YAW_TOL = 0.12
 # Pushing starts up to PUSH_ENTRY_Z above the push height and up to PUSH_BACK_TOL further back than the
 # funnel's end: the hand finishes its descent while closing in. A hard switch at the bottom gives
-# near-identical pictures two labels ("keep coming down", "push"); a policy trained on that hovered
-# behind the block, its prediction split between the two (benchmarks/results/push_outcomes.md).
+# near-identical pictures two labels ("keep coming down", "push"): a single-frame policy's prediction
+# splits between the two and the hand hovers behind the block (docs/benchmark.md).
 PUSH_ENTRY_Z = 0.02
 PUSH_BACK_TOL = 0.03
 CLOSE_STEPS = 4  # control steps to let the fingers close on the object

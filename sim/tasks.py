@@ -10,12 +10,12 @@ Splits (selected by name, see `SPLITS`):
                   needs (pick, push: one; place: a block and a plate; stack: two blocks).
   id_clutter      `id` tasks among the family's usual distractors (a second object, a second
                   plate and block, a third block): the instruction has to pick out the target by
-                  colour (and shape). This was `id` before 0.4; a tiny from-scratch policy does not
-                  learn that binding in a CPU budget (benchmarks/results/grounding_bench.md).
+                  colour (and shape), a binding a small policy trained from scratch within a CPU
+                  budget does not learn (docs/benchmark.md, "Splits").
   ood_combo       target combinations held out of `id` (every colour, shape and side is still
                   seen in `id`, only the pairing is new).
-  ood_distractor  `id_clutter` scenes plus two extra distractor objects: the issue's "distractor
-                  objects" held-out shift.
+  ood_distractor  `id_clutter` scenes plus two extra distractor objects (the held-out "distractor
+                  objects" shift).
   ood_paraphrase  `id` tasks phrased with held-out paraphrases.
   ood_visual      `id` tasks with the camera moved and tilted, the light changed and the table
                   recoloured.

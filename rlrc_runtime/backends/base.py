@@ -44,7 +44,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, patch_embeddings: Any, input_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        """Greedy decoding: patches + prompt ids [T] -> new token ids [max_new_tokens] int64."""
+        """Greedy decoding: patches + prompt ids [T] -> new token ids [max_new_tokens] int64, one token per
+        pass (``config.decoding`` 'autoregressive') or all of them from one pass ('parallel')."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for logs and diagnostics (backend name, device, dtype)."""

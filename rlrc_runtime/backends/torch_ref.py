@@ -47,7 +47,10 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def generate(self, patch_embeddings: Any, input_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
         ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))[None].to(self.device)
-        tokens = self.model.generate(patch_embeddings, ids, max_new_tokens)
+        if self.config.decoding == "parallel":  # every token of the chunk from one decoder pass
+            tokens = self.model.generate_parallel(patch_embeddings, ids, max_new_tokens)
+        else:
+            tokens = self.model.generate(patch_embeddings, ids, max_new_tokens)
         return tokens[0].cpu().numpy().astype(np.int64)
 
     def describe(self) -> dict[str, Any]:

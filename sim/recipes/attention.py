@@ -1,19 +1,15 @@
-"""Attention supervision for ``rlrc-train --attn-sup``: teach one LLM head where a colour word points.
+"""Role attention for the tabletop recipe (``--attn-role``): teach the action positions where the objects are.
 
-To act on "stack the red block on the green block" the decoder must bind each colour word to the
-object of that colour. That takes two hops inside it: the word's position finds the patches of its
-colour, then the action positions read that. A from-scratch model learns the first hop slowly: on
-stack scenes alone its grounding answers follow the colour words only after ~1000 steps of nothing
-but questions (benchmarks/results/grounding_bench.md), and the 70 % base policy (attempt 9) never
-learnt it (its answers are nearer the named block in 0.51 of scenes: binding_probe_attempt9.json).
-
-This loss teaches the first hop directly. For every colour word of every prompt in the batch
-(instructions and grounding questions alike), one head of one decoder layer is pulled towards the
-patches that show that colour: cross-entropy between the head's attention over the patch positions
-and the per-patch share of pixels of that colour in the image as fed (palette match on tower 0's
-un-normalised pixels, after augmentation). The head's attention is recomputed from the layer's own
-input, captured by a forward pre-hook, with the same projections, rotary embedding and causal mask
-as the forward pass. Training only: the model, its checkpoints and inference are unchanged.
+To act on "stack the red block on the blue block" the decoder must bind each colour word to the
+object of that colour, and the positions that predict the action must find the object to move and
+the object it goes onto. This term teaches the second hop directly: at the position predicting the
+first action token (and the next ones with ``tokens`` > 1), one head of a decoder layer is pulled
+towards the patches of the object the instruction moves and another towards its goal object, by
+cross-entropy between the head's attention over the patch positions and the per-patch share of
+pixels of that object's colour in the image as fed (palette match on tower 0's un-normalised
+pixels, after augmentation). The head's attention is recomputed from the layer's own input,
+captured by a forward pre-hook, with the same projections, rotary embedding and causal mask as the
+forward pass. Training only: the model, its checkpoints and inference are unchanged.
 """
 from __future__ import annotations
 
@@ -26,7 +22,6 @@ from torch import nn
 from export.model import OpenVLA, rotate_half
 from rlrc_runtime.errors import ConfigError
 from rlrc_runtime.preprocess import ImageTransform
-from rlrc_runtime.prompt import PromptTokenizer
 from sim.tasks import COLOURS
 
 # A pixel counts as coloured when it is saturated and bright enough; grey table, black gripper and
@@ -55,21 +50,7 @@ def colour_fractions(rgb: torch.Tensor, palette: torch.Tensor, patch: int) -> to
     return F.avg_pool2d(nearest, patch).flatten(2).transpose(1, 2)  # [B, P, C]
 
 
-def colour_word_ids(tokenizer: PromptTokenizer, colours: Mapping[str, Any]) -> torch.Tensor:
-    """Token id of each colour word as it appears inside a prompt; each must be one token."""
-    ids = []
-    for name in colours:
-        context = tokenizer.encode_fn("the")
-        with_word = tokenizer.encode_fn(f"the {name}")
-        if len(with_word) != len(context) + 1 or with_word[: len(context)] != context:
-            raise ConfigError(f"--attn-sup needs each colour word to be one token, but {name!r} encodes as "
-                              f"{with_word[len(context):]}; use a tokenizer from export.tokenizer_gen (or drop "
-                              "--attn-sup)")
-        ids.append(with_word[-1])
-    return torch.tensor(ids, dtype=torch.int64)
-
-
-class _LayerProbe(nn.Module):
+class LayerProbe(nn.Module):
     """Captures one decoder layer's input during the forward pass and recomputes chosen heads' attention
     from it, plus the per-patch colour targets; the two supervision terms below are built on it.
 
@@ -100,9 +81,10 @@ class _LayerProbe(nn.Module):
         self._hook = self.attn.register_forward_pre_hook(self._capture)
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        x, cos, sin, start, cache = args
+        x, cos, sin, start, cache = args[:5]
+        mask = args[5] if len(args) > 5 else None  # parallel decoding's mask, else causal
         if start == 0 and cache is None:  # a training / scoring forward, not incremental decoding
-            self._seen = {"x": x, "cos": cos[0, 0], "sin": sin[0, 0]}
+            self._seen = {"x": x, "cos": cos[0, 0], "sin": sin[0, 0], "mask": mask}
 
     def remove(self) -> None:
         self._hook.remove()
@@ -110,7 +92,7 @@ class _LayerProbe(nn.Module):
     def attention(self, rows: torch.Tensor, pos: torch.Tensor, head: int) -> torch.Tensor:
         """Log-attention of ``head`` from sequence position pos[m] of batch row rows[m] over all positions.
 
-        -> [M, P + T]; positions after pos[m] are masked (-inf), as in the causal forward.
+        -> [M, P + T]; positions the forward's mask hides (causal: those after pos[m]) are -inf.
         """
         if "x" not in self._seen:
             raise RuntimeError(f"{type(self).__name__} needs the model's forward pass on the batch first")
@@ -124,8 +106,11 @@ class _LayerProbe(nn.Module):
         k = F.linear(x[prompts], self.attn.k_proj.weight[kv * d : (kv + 1) * d])  # [U, L, D]
         k = (k * cos + rotate_half(k) * sin)[which]  # [M, L, D]
         logits = (k @ q[:, :, None])[..., 0].float() / d**0.5  # [M, L]
-        later = torch.arange(x.shape[1], device=x.device)[None] > pos[:, None]
-        return torch.log_softmax(logits.masked_fill(later, float("-inf")), dim=-1)
+        if self._seen.get("mask") is not None:  # the forward's own mask: [B, 1, L, L]
+            hidden = ~self._seen["mask"][rows, 0, pos]
+        else:
+            hidden = torch.arange(x.shape[1], device=x.device)[None] > pos[:, None]
+        return torch.log_softmax(logits.masked_fill(hidden, float("-inf")), dim=-1)
 
     def colour_targets(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, P, C] share of each patch's pixels of each palette colour, in the images as fed."""
@@ -145,33 +130,7 @@ class _LayerProbe(nn.Module):
         return self._seen["x"].sum() * 0.0  # a zero loss that keeps the graph (and DDP) whole
 
 
-class AttentionSupervision(_LayerProbe):
-    """``loss = sup(pixel_values, input_ids)`` after the model's forward on the batch: every colour word's
-    attention (one head of one layer) pulled towards the patches of its colour (``--attn-sup``)."""
-
-    def __init__(self, model: OpenVLA, transform: ImageTransform, tokenizer: PromptTokenizer, layer: int = 0,
-                 head: int = 0, colours: Mapping[str, tuple[float, float, float]] = COLOURS) -> None:
-        super().__init__(model, transform, layer, (head,), colours, "--attn-sup")
-        self.head = head
-        self.register_buffer("word_ids", colour_word_ids(tokenizer, colours), persistent=False)
-
-    def word_attention(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(rows [M], text columns [M], log-attention [M, P + T]) of the supervised head from the M colour
-        words of the batch."""
-        rows, cols = torch.isin(input_ids, self.word_ids).nonzero(as_tuple=True)
-        pos = self.num_patches + cols  # sequence [BOS, patches, text[1:]]: text j >= 1 sits at P + j
-        return rows, cols, self.attention(rows, pos, self.head)
-
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        rows, cols, logp = self.word_attention(input_ids)
-        if len(rows) == 0:
-            return self.zero()  # no colour word in this batch
-        colour = (input_ids[rows, cols][:, None] == self.word_ids[None]).float().argmax(-1)  # [M]
-        loss = self.patch_cross_entropy(logp, self.colour_targets(pixel_values)[rows, :, colour])
-        return self.zero() if loss is None else loss
-
-
-class RoleSupervision(_LayerProbe):
+class RoleSupervision(LayerProbe):
     """``loss = sup(pixel_values, query_pos, roles)`` after the model's forward on the batch (``--attn-role``).
 
     The second hop of binding: at the position that predicts the first action token (and, with

@@ -1,13 +1,13 @@
 """Counterfactual instructions: the same frame, the instruction's words swapped, the expert's action for it.
 
 Three of the four `id` families never need a colour word to choose an object (pick and push show
-one object, place a block and a plate); only stack does, and there the trained policies lift the
-goal block first about as often as the right one (benchmarks/results/stack_outcomes_attempt13.json).
+one object, place a block and a plate); only stack does, and a policy that ignores the word order
+there lifts the goal block first about as often as the right one.
 In the demonstrations every image comes with exactly one instruction, so a policy that ignores the
 word order loses little: nothing in the data says "this same picture, the other block".
 
 The simulator can say it. While nothing has been touched (the hand has not yet come down below
-`sim.grounding.UNTOUCHED_Z`), the scene is the one `reset(seed)` drew, and the scripted expert for
+`sim.recipes.grounding.UNTOUCHED_Z`), the scene is the one `reset(seed)` drew, and the scripted expert for
 the swapped task is still in its first phase -- it has not reached the other object -- so its
 action is a function of the recorded hand pose and the drawn object poses alone. This module
 evaluates the real expert classes on that frozen state:
@@ -19,7 +19,7 @@ evaluates the real expert classes on that frozen state:
 
 A swap is skipped when its (colour, colour) or (colour, side) combination is held out of the `id`
 split (it would leak an `ood_combo` task into training). Place and pick have no swap that keeps
-the scene valid. Used by `rlrc-train --counterfactual-frac`; inference never sees these rows.
+the scene valid. Used by the tabletop recipe's `--counterfactual-frac` (`rlrc-sim train`); inference never sees these rows.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from sim import scene
 from sim.experts import EXPERTS
-from sim.grounding import redraw_task, untouched_frames
+from sim.recipes.grounding import redraw_task, untouched_frames
 from sim.tasks import SIDES, TaskInstance, get_family
 
 FAMILIES = ("stack", "push")

@@ -11,7 +11,7 @@ be a question with an exact answer:
 
 The answer is four tokens of the 256-bin action vocabulary (`ANSWER_RANGES` gives the value range
 of each), so the model, prompt format and inference path are unchanged: only training sees the
-extra sequences (`rlrc-train --ground-frac`). Every object on the table is asked about, not only
+extra sequences (`rlrc-sim train --ground-frac`, sim/recipes/tabletop.py). Every object on the table is asked about, not only
 the target, so the same image gets different answers for different names -- exactly the binding
 the action head needs.
 
@@ -21,12 +21,11 @@ instruction and whose answer is the object the instruction moves (its target):
     In: Where is the object to move to stack the red block on the blue block?\nOut: <x> <y> <dx> <dy></s>
 
 A colour question teaches which patch is red; this one teaches which of the instruction's colour
-words names the object to move, which is where the stack policy fails
-(benchmarks/results/eval_base_attempt7_id.md: it lifts the wrong block first in 40 of 100 episodes).
+words names the object to move: the choice a stack policy gets wrong when it lifts the goal block first.
 
 With ``orientation`` every untouched frame also gets, for each uniquely named block and bar, the question
-the bar-picking policies fail (benchmarks/results/pick_outcomes.md: their first turn of the hand ignores the
-bar's orientation):
+a bar grasp depends on (the hand must turn to the bar's yaw before it comes down, and the action token
+for that turn is the only other signal about the bar's orientation):
 
     In: How is the red bar turned?\nOut: <sin> <cos> <turn> <hand yaw></s>
 

@@ -1,8 +1,9 @@
-"""PPO recovery (export.recover_rl): the pure pieces by hand, then short runs in the real sim."""
+"""PPO recovery (export.train.rl): the pure pieces by hand, then short runs in the real sim."""
 from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +13,17 @@ import torch.nn.functional as F
 
 from export.checkpoint import load_model
 from export.model import OpenVLA, init_weights
-from export.recover_rl import (VALUE_HEAD_FILE, EnvState, PolicyContext, PromptCache, RLConfig, Rollout, ValueHead,
-                               bc_loss, compute_gae, evaluate_actions, load_value_head, make_envs, ppo_loss, ppo_update,
-                               prompt_hidden, restore_envs, restricted_entropy, restricted_log_probs, sample_actions,
-                               train_rl, value_position)
 from export.tiny import PRESETS, preset_config
 from export.tokenizer_gen import write_tokenizer
-from export.train import DistInfo, load_dataset, make_batch
+from export.train.data import Collator, load_demos
+from export.train.loop import Run
+from export.train.rl import (STATE_FILE, VALUE_HEAD_FILE, ActionScores, EnvState, Learner, PolicyContext, PPOTargets,
+                             PromptCache, RLConfig, Rollout, ValueHead, bc_loss, compute_gae, evaluate_actions,
+                             load_value_head, make_envs, ppo_loss, ppo_update, prompt_hidden, restore_envs,
+                             restricted_entropy, restricted_log_probs, sample_actions, train_rl, value_position)
 from rlrc_runtime.action import ActionTokenizer, action_stats
 from rlrc_runtime.errors import ConfigError
-from rlrc_runtime.preprocess import ImageTransform
-from rlrc_runtime.prompt import PromptTokenizer
+from rlrc_runtime.transforms import Transforms
 
 TOK = ActionTokenizer()
 ACTION_IDS = torch.from_numpy(TOK.action_token_ids)
@@ -45,10 +46,20 @@ def model() -> OpenVLA:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> PromptTokenizer:
+def transforms(tmp_path_factory) -> Transforms:
     d = tmp_path_factory.mktemp("tok")
     write_tokenizer(d)
-    return PromptTokenizer.from_dir(d)
+    return Transforms.for_new_model(preset_config(PRESETS["tiny-128"]), d)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(transforms):
+    return transforms.prompt
+
+
+def _ctx(model: OpenVLA, head: ValueHead, transforms: Transforms, temperature: float = 1.0) -> PolicyContext:
+    return PolicyContext(model, head, transforms, PromptCache(transforms.prompt),
+                         action_stats(model.config.norm_stats, None), temperature, nullcontext)
 
 
 @pytest.fixture(scope="module")
@@ -138,41 +149,43 @@ def test_ppo_loss_by_hand():
     v_new, v_old, ret = torch.tensor([0.0, 2.0, 0.9]), torch.tensor([0.5, 0.5, 0.5]), torch.tensor([1.0, 0.0, 1.0])
     # Huber(1): unclipped 0.5, 1.5, 0.005; clipped values 0.3, 0.7, 0.7 -> 0.245, 0.245, 0.045; max -> 0.5, 1.5, 0.045
     ent = torch.tensor([2.0, 3.0, 4.0])
-    loss, stats = ppo_loss(new, old, adv, v_new, v_old, ret, ent, clip_coef=0.2, value_clip=0.2, huber_delta=1.0,
-                           vf_coef=0.5, ent_coef=0.01)
+    cfg = RLConfig(init="x", out="y", clip_coef=0.2, value_clip=0.2, huber_delta=1.0, vf_coef=0.5, ent_coef=0.01)
+    loss, stats = ppo_loss(ActionScores(new, ent, v_new), PPOTargets(old, v_old, ret, adv), cfg)
     pg, vl = (-1.2 - 0.5 + 1.0) / 3, (0.5 + 1.5 + 0.045) / 3
     torch.testing.assert_close(stats["losses/policy_loss"], torch.tensor(pg))
     torch.testing.assert_close(stats["losses/value_loss"], torch.tensor(vl))
     torch.testing.assert_close(loss, torch.tensor(pg - 0.01 * 3.0 + 0.5 * vl))
     assert stats["losses/clipfrac"].item() == pytest.approx(2 / 3)
-    _, no_clip = ppo_loss(new, old, adv, v_new, v_old, ret, ent, value_clip=0.0)
+    _, no_clip = ppo_loss(ActionScores(new, ent, v_new), PPOTargets(old, v_old, ret, adv),
+                          RLConfig(init="x", out="y", value_clip=0.0))
     torch.testing.assert_close(no_clip["losses/value_loss"], torch.tensor((0.5 + 1.5 + 0.005) / 3))
 
 
 # --------------------------------------------------------------------------- the policy on a tiny model
 
 
-def test_value_head_reads_the_last_prompt_position(model, tokenizer):
+def test_value_head_reads_the_last_prompt_position(model, tokenizer, transforms):
     head = ValueHead(model.config.llm.hidden_size, seed=1)
+    ctx = _ctx(model, head, transforms)
     pv, prompt, tokens = _pixels(model, 1), tokenizer("pick up the red block"), _random_tokens(1)
     p, t = model.config.num_patches, len(prompt)
     assert value_position(p, t) == p + t - 1
     with torch.no_grad():
-        _, _, v = evaluate_actions(model, head, pv, [prompt], tokens, TOK, 1.0, PAD)
+        v = evaluate_actions(ctx, pv, [prompt], tokens).value
         hidden = model.hidden_states(pv, torch.from_numpy(prompt)[None])  # [1, P + T, H]
-        torch.testing.assert_close(prompt_hidden(model, pv, [prompt], PAD), hidden[:, p + t - 1])
+        torch.testing.assert_close(prompt_hidden(ctx, pv, [prompt]), hidden[:, p + t - 1])
         torch.testing.assert_close(v, head(hidden[:, p + t - 1]))
         # Tokens after that position cannot change the value...
-        _, _, v_other = evaluate_actions(model, head, pv, [prompt], _random_tokens(1, seed=5), TOK, 1.0, PAD)
+        v_other = evaluate_actions(ctx, pv, [prompt], _random_tokens(1, seed=5)).value
         assert torch.equal(v, v_other)
         # ...the prompt does (its second-to-last token swapped).
         changed = prompt.copy()
         changed[-2] = 450
-        _, _, v_prompt = evaluate_actions(model, head, pv, [changed], tokens, TOK, 1.0, PAD)
+        v_prompt = evaluate_actions(ctx, pv, [changed], tokens).value
         assert not torch.allclose(v, v_prompt)
 
 
-def test_sampling_with_the_kv_cache_matches_teacher_forced_scoring(model, tokenizer):
+def test_sampling_with_the_kv_cache_matches_teacher_forced_scoring(model, tokenizer, transforms):
     head = ValueHead(model.config.llm.hidden_size, seed=1)
     # Two prompt lengths: rows are grouped by length for the cached batch.
     prompts = [tokenizer("pick up the red block"), tokenizer("push the small blue cube to the left of the plate"),
@@ -180,22 +193,21 @@ def test_sampling_with_the_kv_cache_matches_teacher_forced_scoring(model, tokeni
     assert len(prompts[0]) != len(prompts[1])
     pv = _pixels(model, 3)
     for temperature in (1.0, 0.5):
-        gen = torch.Generator().manual_seed(3)
-        tokens, logp, value = sample_actions(model, head, pv, prompts, TOK, 7, temperature, gen)
+        ctx = _ctx(model, head, transforms, temperature)
+        tokens, logp, value = sample_actions(ctx, pv, prompts, torch.Generator().manual_seed(3))
         assert tokens.shape == (3, 7) and bool(((tokens >= 31744) & (tokens < 32000)).all())
-        again = sample_actions(model, head, pv, prompts, TOK, 7, temperature, torch.Generator().manual_seed(3))
+        again = sample_actions(ctx, pv, prompts, torch.Generator().manual_seed(3))
         assert torch.equal(tokens, again[0])
         with torch.no_grad():
-            lp, ent, v = evaluate_actions(model, head, pv, prompts, tokens, TOK, temperature, PAD)
+            lp, ent, v = evaluate_actions(ctx, pv, prompts, tokens)
         torch.testing.assert_close(lp, logp, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(v, value, atol=1e-5, rtol=1e-5)
         assert bool((ent > 0).all()) and bool((ent <= 7 * np.log(256) + 1e-3).all())
 
 
-def test_bc_loss_is_the_sft_cross_entropy_on_demo_tokens(model, tokenizer, demos):
-    transform = ImageTransform.from_config(model.config)
-    ds = load_dataset([str(demos)], transform, tokenizer, TOK, "tiny_demo", model.config.norm_stats)
-    batch = make_batch(ds, np.array([0, 3, 7]), transform, model.config.num_patches, PAD, 2)
+def test_bc_loss_is_the_sft_cross_entropy_on_demo_tokens(model, transforms, demos):
+    ds = load_demos([str(demos)], transforms, "tiny_demo", model.config.norm_stats)
+    batch = Collator(ds.images, transforms, model.config.num_patches, PAD, 2)([ds.sample(i) for i in (0, 3, 7)])
     with torch.no_grad():
         loss, stats = bc_loss(model, batch)
         logits = model(batch.pixel_values, batch.input_ids)  # [B, P + T, V] full vocabulary
@@ -228,15 +240,13 @@ def test_cli_subcommand(capsys):
     assert "--rollout-steps=0" in capsys.readouterr().err
 
 
-def _fake_rollout(model: OpenVLA, head: ValueHead, tokenizer: PromptTokenizer) -> Rollout:
+def _fake_rollout(ctx: PolicyContext) -> Rollout:
     """A 2-step x 2-env rollout without a simulator: random frames, sampled actions, one success."""
     gen = torch.Generator().manual_seed(0)
-    s = model.config.image_size
-    prompts = [tokenizer("pick up the red block"), tokenizer("push the blue cube to the left")]
+    s = ctx.model.config.image_size
+    prompts = [ctx.transforms.prompt("pick up the red block"), ctx.transforms.prompt("push the blue cube to the left")]
     images = torch.randint(0, 256, (2, 2, s, s, 3), dtype=torch.uint8, generator=gen)
-    transform = ImageTransform.from_config(model.config)
-    pv = torch.cat([torch.from_numpy(transform(im.numpy())) for im in images.flatten(0, 1)])
-    tokens, logp, values = sample_actions(model, head, pv, prompts * 2, TOK, 7, 1.0, gen)
+    tokens, logp, values = sample_actions(ctx, ctx.pixel_values(images.flatten(0, 1)), prompts * 2, gen)
     rewards = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     return Rollout(images=images, prompt_index=torch.tensor([[0, 1], [0, 1]]), prompts=prompts,
                    tokens=tokens.view(2, 2, 7), logprobs=logp.view(2, 2), values=values.view(2, 2), rewards=rewards,
@@ -244,24 +254,23 @@ def _fake_rollout(model: OpenVLA, head: ValueHead, tokenizer: PromptTokenizer) -
                    last_value=torch.zeros(2))
 
 
-def _update_once(tokenizer, micro: int, warmup: int) -> tuple[OpenVLA, ValueHead, dict]:
+def _update_once(transforms, out: Path, micro: int, warmup: int) -> tuple[OpenVLA, ValueHead, dict]:
     m = OpenVLA(preset_config(PRESETS["tiny-128"]))
     init_weights(m, seed=0)
     head = ValueHead(m.config.llm.hidden_size, seed=1)
-    ctx = PolicyContext(m.eval(), head, ImageTransform.from_config(m.config), PromptCache(tokenizer), TOK,
-                        action_stats(m.config.norm_stats, None), PAD, torch.autocast("cpu", enabled=False))
-    ro = _fake_rollout(m, head, tokenizer)
+    ctx = _ctx(m.eval(), head, transforms)
+    ro = _fake_rollout(ctx)
     params = [*m.parameters(), *head.parameters()]
     opt = torch.optim.SGD(params, lr=0.1)  # SGD: the step is proportional to the gradient, easy to compare
-    cfg = RLConfig(init="x", out="y", num_envs=2, rollout_steps=2, update_epochs=1, num_minibatches=1,
+    cfg = RLConfig(init="x", out=str(out), num_envs=2, rollout_steps=2, update_epochs=1, num_minibatches=1,
                    micro_batch_size=micro, critic_warmup=warmup, updates=2, ent_coef=0.01)
-    row = ppo_update(ctx, ro, opt, params, cfg, update=0, dist_info=DistInfo(), bc_data=None, ref=None)
+    row = ppo_update(ctx, Learner(Run(cfg, STATE_FILE), opt, params, None, None), ro, cfg, update=0)
     return m, head, row
 
 
-def test_ppo_update_micro_batches_and_critic_warmup(tokenizer):
-    whole, head_whole, row = _update_once(tokenizer, micro=0, warmup=0)
-    split, head_split, _ = _update_once(tokenizer, micro=1, warmup=0)
+def test_ppo_update_micro_batches_and_critic_warmup(transforms, tmp_path):
+    whole, head_whole, row = _update_once(transforms, tmp_path, micro=0, warmup=0)
+    split, head_split, _ = _update_once(transforms, tmp_path, micro=1, warmup=0)
     for (name, x), y in zip(whole.state_dict().items(), split.state_dict().values()):
         torch.testing.assert_close(x, y, atol=2e-6, rtol=1e-5, msg=name)
     torch.testing.assert_close(head_whole.fc2.weight, head_split.fc2.weight, atol=2e-6, rtol=1e-5)
@@ -270,7 +279,7 @@ def test_ppo_update_micro_batches_and_critic_warmup(tokenizer):
     init_weights(fresh, seed=0)
     assert not torch.equal(whole.language_model.lm_head.weight, fresh.language_model.lm_head.weight)
     # Warm-up: only the value head moves.
-    warm, head_warm, row = _update_once(tokenizer, micro=0, warmup=1)
+    warm, head_warm, row = _update_once(transforms, tmp_path, micro=0, warmup=1)
     assert all(torch.equal(x, y) for x, y in zip(warm.state_dict().values(), fresh.state_dict().values()))
     assert not torch.equal(head_warm.fc1.weight, ValueHead(64, seed=1).fc1.weight)
     assert row["charts/critic_warmup"] == 1.0 and "losses/policy_loss" not in row
@@ -289,7 +298,7 @@ def test_env_replay_rebuilds_unfinished_episodes():
     state = EnvState(seeds=[11, 22], episode_counts=[0, 0], histories=histories, returns=[0.0, 0.0])
     envs = make_envs(cfg, rank=0)
     try:
-        obs = restore_envs(envs, state)
+        obs = restore_envs(envs, state, rank=0).obs
     finally:
         envs.close()
     for i, family in enumerate(("pick", "push")):
@@ -346,7 +355,7 @@ def test_ppo_runs_in_the_sim_writes_checkpoints_and_resumes_exactly(ckpt_factory
 
     # Stopped after update 2 (mid-episode), resumed: the same weights, bit for bit.
     assert train_rl(_rl_cfg(init, tmp_path / "b", demos, stop_after=2)) is None
-    with caplog.at_level("INFO", logger="export.recover_rl"):
+    with caplog.at_level("INFO", logger="export.train.rl"):
         resumed = train_rl(_rl_cfg(init, tmp_path / "b", demos))
     assert "resumed from" in caplog.text and "replay did not reproduce" not in caplog.text
     b, _ = load_model(resumed)
@@ -358,7 +367,7 @@ def test_ppo_runs_in_the_sim_writes_checkpoints_and_resumes_exactly(ckpt_factory
     rows_b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows_b] == [1, 2, 3]
     assert rows_b[2]["losses/value_loss"] == rows[2]["losses/value_loss"]
-    with pytest.raises(ConfigError, match="clip_coef: saved 0.2, now 0.3"):
+    with pytest.raises(ConfigError, match="--clip-coef: saved 0.2, now 0.3"):
         train_rl(_rl_cfg(init, tmp_path / "b", demos, clip_coef=0.3))
 
 
@@ -368,7 +377,7 @@ def test_torchrun_two_processes(ckpt_factory, demos, tmp_path):
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "export.recover_rl", "--init", str(ckpt_factory("tiny-128")), "--out", str(tmp_path / "ddp"),
+           "export.train.rl", "--init", str(ckpt_factory("tiny-128")), "--out", str(tmp_path / "ddp"),
            "--families", "pick", "--num-envs", "1", "--rollout-steps", "3", "--updates", "2", "--critic-warmup", "1",
            "--num-minibatches", "1", "--bc-coef", "0.1", "--bc-data", str(demos), "--no-progress", "--threads", "1",
            "--device", "cpu"]
@@ -379,3 +388,49 @@ def test_torchrun_two_processes(ckpt_factory, demos, tmp_path):
     assert env_states == ["envs_rank0.pt", "envs_rank1.pt"]
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["global_step"] == 2 * 3 * 1 * 2
+
+
+# --------------------------------------------------------------------------- action-chunk policies
+
+
+def _chunked(model: OpenVLA, k: int) -> OpenVLA:
+    chunked = OpenVLA(model.config.replace(action_chunk=k, decoding="parallel"))
+    chunked.load_state_dict(model.state_dict())
+    return chunked.eval()
+
+
+def test_chunk_sampling_matches_scoring(model, transforms):
+    """A parallel-decoding policy samples K x 7 tokens in one pass; scoring them gives the same log-prob and value."""
+    chunked = _chunked(model, 3)
+    ctx = _ctx(chunked, ValueHead(model.config.llm.hidden_size, seed=1), transforms)
+    assert ctx.parallel and ctx.n_tokens == 21
+    prompts = [transforms.prompt("pick up the red block"), transforms.prompt("push the blue cube to the left")]
+    pv = _pixels(chunked, 2)
+    tokens, logp, value = sample_actions(ctx, pv, prompts, torch.Generator().manual_seed(0))
+    assert tokens.shape == (2, 21) and bool(((tokens >= 31744) & (tokens < 32000)).all())
+    with torch.no_grad():
+        scores = evaluate_actions(ctx, pv, prompts, tokens)
+    torch.testing.assert_close(scores.logp, logp, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(scores.value, value, atol=1e-5, rtol=1e-5)
+    # The value reads the last prompt position, which the causal prompt part computes without the slots.
+    with torch.no_grad():
+        plain = prompt_hidden(_ctx(model, ctx.value_head, transforms), pv[:1], prompts[:1])
+        torch.testing.assert_close(value[:1], ctx.value_head(plain), atol=1e-5, rtol=1e-5)
+
+
+def test_ppo_on_a_chunk_policy_runs_in_the_sim(ckpt_factory, demos, tmp_path):
+    import shutil
+
+    src = ckpt_factory("tiny-128")
+    init = tmp_path / "chunked"
+    shutil.copytree(src, init)
+    config = json.loads((init / "config.json").read_text())
+    config.update(rlrc_action_chunk=2, rlrc_decoding="parallel")
+    (init / "config.json").write_text(json.dumps(config))
+    final = train_rl(_rl_cfg(init, tmp_path / "run", demos, updates=2, critic_warmup=1, rollout_steps=3))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "losses/policy_loss" in rows[1] and "losses/bc_loss" in rows[1]
+    # Each decision ran a 2-action chunk: the 6-step episodes end after 3 decisions.
+    assert rows[1]["charts/episodes"] >= 1 and rows[1]["charts/episodic_length"] == 6
+    out, info = load_model(final)
+    assert info.config.action_chunk == 2 and info.config.decoding == "parallel"

@@ -1,16 +1,21 @@
-"""benchmarks/stack_outcomes.py: the episode classes, on real MuJoCo episodes and a real checkpoint."""
+"""research/outcomes.py: the episode classes on real MuJoCo episodes and a real checkpoint; bar turns over files."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from research import outcomes as outcomes_module
+from rlrc_runtime.errors import DatasetError
+from sim.recipes.grounding import redraw_task
+
 
 @pytest.fixture(scope="module")
-def outcomes(load_script):
-    return load_script("stack_outcomes")
+def outcomes():
+    return outcomes_module
 
 
 @dataclass
@@ -80,15 +85,16 @@ def test_held_over_goal(outcomes):
     assert not outcomes.held_over_goal({**ep, "end_height_m": 0.05})
 
 
+@pytest.mark.slow  # a whole 100-step episode of an untrained checkpoint: ~15-30 s on 2 cores
 def test_json_report_from_a_checkpoint(outcomes, ckpt_factory, tmp_path):
     out = tmp_path / "outcomes.json"
     ckpt = ckpt_factory("tiny-128")  # 64 patches per tower: an untrained episode runs to its time limit
-    assert outcomes.main(["--policy", str(ckpt), "--episodes", "1",
-                          "--json", str(out)]) == 0
+    assert outcomes.main(["classify", "--policy", str(ckpt), "--episodes", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["schema"] == "rlrc-place-outcomes/1" and report["family"] == "stack"
     assert sum(report["counts"].values()) == len(report["episodes"]) == 1
     assert report["episodes"][0]["outcome"] in report["counts"]
+    assert report["command"].startswith("python -m research.outcomes classify") and report["machine"]["cpus"] >= 1
 
 
 def test_push_classes(outcomes):
@@ -150,3 +156,53 @@ def test_pick_expert_episode_pinches_and_lifts_the_target(outcomes, split, distr
         assert still["steps"] == env.unwrapped.config.episode_steps
     finally:
         env.close()
+
+
+# --------------------------------------------------------------------------- bar-turns
+
+
+def _bar_seeds(n):
+    return [s for s in range(100000, 100200) if redraw_task("pick", "id", s).placements[0].kind == "bar"][:n]
+
+
+def test_turn_is_the_nearest_grasp_yaw_from_zero(outcomes):
+    for seed in _bar_seeds(5):
+        yaw = redraw_task("pick", "id", seed).placements[0].yaw
+        # A bar grasps the same every pi: the smallest |yaw + k pi|, in degrees.
+        expected = min(abs(math.degrees(yaw + k * math.pi)) for k in range(-3, 4))
+        assert outcomes.bar_turn_deg("id", seed) == pytest.approx(expected, abs=1e-6)
+        assert 0.0 <= outcomes.bar_turn_deg("id", seed) <= 90.0
+
+
+def test_bar_turn_bins_and_per_seed_counts(outcomes, tmp_path):
+    seeds = _bar_seeds(6)
+    files = []
+    for run in range(2):
+        episodes = [{"seed": s, "kind": "bar", "success": (i + run) % 2 == 0} for i, s in enumerate(seeds)]
+        episodes.append({"seed": 1, "kind": "cylinder", "success": True})  # not a bar: not counted
+        path = tmp_path / f"run{run}.json"
+        path.write_text(json.dumps({"family": "pick", "split": "id", "episodes": episodes}))
+        files.append(path)
+    out = outcomes.bar_turn_summary(files)
+    assert sum(b["episodes"] for b in out["bins"]) == 12 and sum(b["successes"] for b in out["bins"]) == 6
+    for b in out["bins"]:
+        lo, hi = b["turn_deg"]
+        turns = [outcomes.bar_turn_deg("id", s) for s in seeds]
+        assert b["episodes"] == 2 * sum(lo <= t < hi or (hi == 90.0 and t == 90.0) for t in turns)
+    assert [r["succeeded"] for r in out["seeds"]] == [1] * 6 and all(r["runs"] == 2 for r in out["seeds"])
+    report = tmp_path / "o.json"
+    assert outcomes.main(["bar-turns", "--files", ",".join(str(f) for f in files), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["bins"] == out["bins"]
+
+
+def test_other_files_are_refused(outcomes, tmp_path, capsys):
+    path = tmp_path / "stack.json"
+    path.write_text(json.dumps({"family": "stack", "split": "id", "episodes": []}))
+    with pytest.raises(DatasetError, match="not a pick outcome file"):
+        outcomes.bar_turn_summary([path])
+    assert outcomes.main(["bar-turns", "--files", str(path)]) == 2
+    assert "classify --family pick" in capsys.readouterr().err
+    assert outcomes.main(["bar-turns", "--files", str(tmp_path / "missing.json")]) == 2
+    cyl = next(s for s in range(100000, 100200) if redraw_task("pick", "id", s).placements[0].kind != "bar")
+    with pytest.raises(DatasetError, match="has no bar"):
+        outcomes.bar_turn_deg("id", cyl)

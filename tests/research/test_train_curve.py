@@ -1,16 +1,12 @@
-"""benchmarks/train_curve.py: export a run's metrics.jsonl, compare curves, and refuse bad input."""
+"""research/train_curve.py: export a run's metrics.jsonl, compare curves, and refuse bad input."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from rlrc_runtime.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def curve_mod(load_script):
-    return load_script("train_curve")
+from research import train_curve as curve_mod
+from rlrc_runtime.errors import DatasetError
 
 
 def _run(tmp_path, name, ces):
@@ -22,30 +18,32 @@ def _run(tmp_path, name, ces):
     return run
 
 
-def test_export_then_compare(curve_mod, tmp_path, capsys):
+def test_export_then_compare(tmp_path, capsys):
     a, b = _run(tmp_path, "a", [9.0, 5.0, 3.5, 3.0]), _run(tmp_path, "b", [9.5, 6.0])
-    assert curve_mod.main(["--run", str(a), "--label", "A", "--command", "cmd", "--machine", "m",
+    assert curve_mod.main(["export", "--run", str(a), "--label", "A", "--command", "cmd", "--machine", "m",
                            "--out", str(tmp_path / "a.json")]) == 0
-    assert curve_mod.main(["--run", str(b), "--out", str(tmp_path / "b.json")]) == 0
+    assert curve_mod.main(["export", "--run", str(b), "--out", str(tmp_path / "b.json")]) == 0
     curve = json.loads((tmp_path / "a.json").read_text())
     assert curve["schema"] == "rlrc-train-curve/1" and curve["command"] == "cmd" and curve["run"].endswith("(A)")
     assert [r["step"] for r in curve["rows"]] == [50, 100, 150, 200]
     capsys.readouterr()
-    assert curve_mod.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--every", "50"]) == 0
+    assert curve_mod.main(["compare", "--curves", f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}", "--every", "50"]) == 0
     lines = capsys.readouterr().out.splitlines()
     # only the steps both curves logged, each with both runs' CE / accuracy
     assert lines[-2:] == ["   50 9.000/0.000  9.500/0.000", "  100 5.000/0.100  6.000/0.100"]
 
 
-def test_bad_input_names_the_problem(curve_mod, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="metrics.jsonl does not exist"):
+def test_bad_input_names_the_problem(tmp_path, capsys):
+    with pytest.raises(DatasetError, match="metrics.jsonl does not exist"):
         curve_mod.read_metrics(tmp_path)
     run = _run(tmp_path, "cut", [9.0])
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"losses/action_ce": 8.')  # cut off mid-write
-    with pytest.raises(ConfigError, match=r"metrics.jsonl:2 is not JSON"):
+    with pytest.raises(DatasetError, match=r"metrics.jsonl:2 is not JSON"):
         curve_mod.read_metrics(run)
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something/2"}))
-    assert curve_mod.main(["--compare", str(tmp_path / "other.json")]) == 2
+    assert curve_mod.main(["compare", "--curves", str(tmp_path / "other.json")]) == 2
     assert "expected 'rlrc-train-curve/1'" in capsys.readouterr().err
-    assert curve_mod.main(["--run", str(run)]) == 2  # no --out
+    with pytest.raises(SystemExit) as exc:
+        curve_mod.main(["export", "--run", str(run)])  # no --out
+    assert exc.value.code == 2

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from sim.cli import main
-from sim.data import DemoReader
+from export.demos import DemoReader
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demos_then_norm_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demos.hdf5"
-    rc = main(["demos", "--suite", "tabletop", "--episodes", "2", "--out", str(out), "--families", "place", "push",
+    rc = main(["demos", "--suite", "tabletop", "--episodes", "2", "--out", str(out), "--families", "place,push",
                "--image-size", "24", "--seed", "3", "--no-progress"])
     assert rc == 0 and "wrote 2 demos" in capsys.readouterr().out
     with DemoReader(out) as reader:
@@ -32,9 +32,9 @@ def test_demos_then_norm_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert stats["mine"]["action"]["mask"] == [True] * 6 + [False]
 
 
-def test_bad_family_is_a_clean_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_family_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = main(["demos", "--episodes", "1", "--out", str(tmp_path / "x.hdf5"), "--families", "stak", "--no-progress"])
-    assert rc == 2 and "Did you mean 'stack'" in caplog.text
+    assert rc == 2 and "rlrc-sim demos: error:" in (err := capsys.readouterr().err) and "Did you mean 'stack'" in err
     assert not (tmp_path / "x.hdf5").exists()
 
 

@@ -7,17 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from sim.data import (
-    DemoConfig,
-    DemoReader,
-    Step,
-    compute_norm_stats,
-    iter_steps,
-    norm_stats_from_arrays,
-    run_expert_episode,
-    write_demos,
-)
-from sim.errors import DatasetError, SimConfigError
+from export.demos import DemoReader, Step, compute_norm_stats, iter_steps, norm_stats_from_arrays
+from rlrc_runtime.errors import DatasetError
+from sim.data import DemoConfig, run_expert_episode, write_demos
+from sim.errors import SimConfigError
 
 
 def test_round_trip_matches_a_fresh_rollout(demo_file) -> None:

@@ -149,7 +149,7 @@ def test_push_approach_goes_down_while_aligned_instead_of_hovering() -> None:
 
 
 def test_push_starts_while_still_coming_down() -> None:
-    """No hard "come down, then push" switch at the bottom (benchmarks/results/push_outcomes.md): the
+    """No hard "come down, then push" switch at the bottom (docs/experiments/results/push_outcomes.md): the
     first push action already moves towards the block, and goes on down when the hand is still high."""
     from sim.experts import PUSH_ENTRY_Z, Z_TOL, scene
     from sim.tasks import SIDES

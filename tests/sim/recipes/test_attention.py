@@ -1,19 +1,17 @@
-"""export/attn_sup.py (rlrc-train --attn-sup): colour targets, the head's attention, and the loss in training."""
-import json
-from pathlib import Path
+"""sim/recipes/attention.py (the recipe's --attn-role): colour targets, the head's attention, the role loss."""
 
 import numpy as np
 import pytest
 import torch
 
-from export.attn_sup import AttentionSupervision, RoleSupervision, colour_fractions
 from export.model import OpenVLA, init_weights
 from export.tiny import PRESETS, preset_config
 from export.tokenizer_gen import write_tokenizer
-from export.train import TrainConfig, train
 from rlrc_runtime.errors import ConfigError
 from rlrc_runtime.preprocess import ImageTransform
 from rlrc_runtime.prompt import PromptTokenizer
+from sim.recipes.attention import RoleSupervision, colour_fractions
+from sim.recipes.tabletop import TabletopRecipeConfig
 from sim.tasks import COLOURS
 
 PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32)
@@ -71,74 +69,34 @@ def test_colour_fractions_match_patches_by_hue():
     torch.testing.assert_close(frac[0], expected)
 
 
-def test_word_attention_is_the_heads_real_attention(model, tokenizer):
+def test_recomputed_attention_is_the_heads_real_attention(model, tokenizer):
     """The log-attention recomputed from the captured layer input reproduces the head's output in the
     model's own forward pass (scaled-dot-product attention with the causal mask)."""
-    head = 3
-    sup = AttentionSupervision(model, ImageTransform.from_config(model.config), tokenizer, layer=1, head=head)
+    sup = RoleSupervision(model, ImageTransform.from_config(model.config), layer=1)
+    head = sup.heads[1]
     attn = model.language_model.model.layers[1].self_attn
     seen = {}
     attn.o_proj.register_forward_pre_hook(lambda m, a: seen.update(out=a[0]))
     attn.register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
-    pixels, ids = _batch(model, tokenizer, ["stack the red block on the blue block", "pick up the green cube",
-                                            "push the block to the left"])
+    pixels, ids = _batch(model, tokenizer, ["stack the red block on the blue block", "pick up the green cube"])
+    rows = torch.tensor([0, 0, 1])
+    pos = model.config.num_patches + torch.tensor([3, 7, 2])
     with torch.no_grad():
         model.hidden_states(pixels, ids)
-        rows, cols, logp = sup.word_attention(ids)
-    assert rows.tolist() == [0, 0, 1]  # red, blue, green; the third prompt names no colour
+        logp = sup.attention(rows, pos, head)
     d = attn.head_dim
     v = attn.v_proj(seen["x"]).view(*seen["x"].shape[:2], -1, d)[:, :, head // sup.group]  # [B, L, D]
-    pos = model.config.num_patches + cols
     expected = seen["out"].view(*seen["out"].shape[:2], -1, d)[rows, pos, head]  # [M, D]
     mixed = torch.einsum("ml,mld->md", logp.exp(), v[rows])
     torch.testing.assert_close(mixed, expected, rtol=1e-4, atol=1e-5)
     assert torch.isneginf(logp[0, pos[0] + 1 :]).all() and torch.isfinite(logp[0, : pos[0] + 1]).all()
 
 
-def test_loss_pulls_the_colour_word_to_its_patches(model, tokenizer):
-    sup = AttentionSupervision(model, ImageTransform.from_config(model.config), tokenizer)
-    pixels, ids = _batch(model, tokenizer, ["stack the red block on the blue block"])
-    _, red, blue = _scene()
-
-    def red_mass() -> float:
-        with torch.no_grad():
-            model.hidden_states(pixels, ids)
-            rows, cols, logp = sup.word_attention(ids)
-        word = ids[rows, cols]
-        return float(logp[word == sup.word_ids[RED]][0, 1 + red].exp())
-
-    before = red_mass()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(25):
-        opt.zero_grad()
-        model.hidden_states(pixels, ids)
-        loss = sup(pixels, ids)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    after = red_mass()
-    assert before < 0.1 < 0.5 < after, (before, after)
-    assert losses[-1] < 0.5 * losses[0]
-    # A batch without colour words (or without the named colour in view) gives an exact zero.
-    model.hidden_states(*_batch(model, tokenizer, ["push the block to the left"]))
-    assert sup(*_batch(model, tokenizer, ["push the block to the left"])).item() == 0.0
-    model.hidden_states(*_batch(model, tokenizer, ["pick up the yellow block"]))
-    assert sup(*_batch(model, tokenizer, ["pick up the yellow block"])).item() == 0.0
-
-
-def test_bad_layer_head_and_weight_are_clear_errors(model, tokenizer):
-    transform = ImageTransform.from_config(model.config)
-    with pytest.raises(ConfigError, match="--attn-sup-layer=9"):
-        AttentionSupervision(model, transform, tokenizer, layer=9)
-    with pytest.raises(ConfigError, match="--attn-sup-head=12"):
-        AttentionSupervision(model, transform, tokenizer, head=12)
-    with pytest.raises(ConfigError, match="--attn-sup=-1"):
-        TrainConfig(data="x", out="y", attn_sup=-1.0)
+def test_bad_layer_and_weight_are_clear_errors(model):
     with pytest.raises(ConfigError, match="--attn-role-layer=7"):
-        RoleSupervision(model, transform, layer=7)
+        RoleSupervision(model, ImageTransform.from_config(model.config), layer=7)
     with pytest.raises(ConfigError, match="--attn-role=-1"):
-        TrainConfig(data="x", out="y", attn_role=-1.0)
+        TabletopRecipeConfig(attn_role=-1.0)
 
 
 def test_role_loss_pulls_the_action_query_to_target_and_goal(model, tokenizer):
@@ -173,7 +131,7 @@ def test_role_loss_pulls_the_action_query_to_target_and_goal(model, tokenizer):
 
 
 def test_episode_roles_name_target_and_goal_colours():
-    from sim.grounding import redraw_task, episode_roles
+    from sim.recipes.grounding import episode_roles, redraw_task
 
     for family in ("pick", "push", "place", "stack"):
         for seed in range(20):
@@ -192,26 +150,6 @@ def test_episode_roles_name_target_and_goal_colours():
     assert episode_roles("stack", "id", 0, "not the drawn instruction") == (None, None)
 
 
-def test_rlrc_train_logs_the_term(tmp_path):
-    from sim.data import DemoConfig, write_demos
-
-    demos = tmp_path / "demos.hdf5"
-    write_demos(DemoConfig(episodes=2, families=("pick",), image_size=64, seed=0), demos, progress=False)
-    cfg = TrainConfig(data=str(demos), out=str(tmp_path / "run"), preset="tiny-128", steps=3, batch_size=4,
-                      warmup_steps=1, save_every=3, log_every=1, progress=False, attn_sup=0.5, attn_role=0.5)
-    final = train(cfg)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and all(np.isfinite(r["losses/attn_sup"]) and r["losses/attn_sup"] > 0 for r in rows)
-    assert all(np.isfinite(r["losses/attn_role"]) and r["losses/attn_role"] > 0 for r in rows)
-    assert all("losses/action_ce" in r for r in rows)
-    # Training only: the checkpoint holds the model's tensors and nothing of the supervision.
-    from safetensors import safe_open
-
-    files = list(Path(final).glob("*.safetensors"))
-    with safe_open(str(files[0]), "pt") as f:
-        assert not any("attn_sup" in k for k in f.keys())
-
-
 def test_role_loss_over_several_action_tokens_averages_their_positions(model, tokenizer):
     """--attn-role-tokens 2: the same pull at the positions predicting dx and dy, averaged."""
     transform = ImageTransform.from_config(model.config)
@@ -227,4 +165,4 @@ def test_role_loss_over_several_action_tokens_averages_their_positions(model, to
     with pytest.raises(ConfigError, match="--attn-role-tokens=8"):
         RoleSupervision(model, transform, tokens=8)
     with pytest.raises(ConfigError, match="--attn-role-tokens=0"):
-        TrainConfig(data="x", out="y", attn_role=1.0, attn_role_tokens=0)
+        TabletopRecipeConfig(attn_role=1.0, attn_role_tokens=0)

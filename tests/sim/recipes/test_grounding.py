@@ -1,17 +1,10 @@
-"""Grounding queries: answers re-drawn from the episode seed match the simulator, and batch correctly."""
+"""Grounding queries: answers re-drawn from the episode seed match the simulator."""
 import numpy as np
 import pytest
-import torch
 
-from export.tiny import PRESETS, preset_config
-from export.tokenizer_gen import write_tokenizer
-from export.train import load_dataset, make_batch
-from rlrc_runtime.action import ActionTokenizer
-from rlrc_runtime.errors import ConfigError
-from rlrc_runtime.preprocess import ImageTransform
-from rlrc_runtime.prompt import PromptTokenizer
-from sim.data import DemoConfig, DemoReader, write_demos
-from sim.grounding import (ANSWER_RANGES, SYMMETRY, TASK_NAME, demo_queries, denormalise_answer, episode_objects,
+from export.demos import DemoReader
+from sim.data import DemoConfig, write_demos
+from sim.recipes.grounding import (ANSWER_RANGES, SYMMETRY, TASK_NAME, demo_queries, denormalise_answer, episode_objects,
                            episode_target, normalise_answer, orientation_answer, redraw_task, untouched_frames)
 
 
@@ -83,22 +76,6 @@ def test_task_queries_answer_the_object_the_instruction_moves(demos):
                 env.close()
 
 
-def test_task_queries_need_a_grounding_share(demos, tmp_path):
-    from export.train import TrainConfig
-
-    write_tokenizer(tmp_path)
-    tok = PromptTokenizer.from_dir(tmp_path)
-    transform = ImageTransform.from_config(preset_config(PRESETS["tiny-128"], norm_stats={}))
-    plain = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True)
-    both = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, task_queries=True)
-    with DemoReader(demos) as reader:
-        frames = sum(untouched_frames(reader.episode_info(d.key)[3]) for d in reader.iter_demos())
-    assert len(both.query_image) == len(plain.query_image) + frames
-    assert len(both.query_prompts) == len(plain.query_prompts) + len(set(both.instructions))
-    with pytest.raises(ConfigError, match="--ground-frac"):
-        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_task=True)
-
-
 def test_orientation_answer_is_the_turn_the_expert_makes():
     """On real resets: the answer's turn is the rotation from the hand to the expert's grasp yaw, and its
     sin/cos are the same for every yaw the object looks the same at."""
@@ -132,9 +109,7 @@ def test_orientation_answer_is_the_turn_the_expert_makes():
     assert seen == {"block", "bar"}
 
 
-def test_orientation_queries_for_blocks_and_bars_only(demos, tmp_path):
-    from export.train import TrainConfig
-
+def test_orientation_queries_for_blocks_and_bars_only(demos):
     with DemoReader(demos) as reader:
         for demo in reader.iter_demos():
             family, split, seed, ee_pos = reader.episode_info(demo.key)
@@ -153,28 +128,10 @@ def test_orientation_queries_for_blocks_and_bars_only(demos, tmp_path):
                 p = kinds[q.name]
                 np.testing.assert_allclose(q.answer, orientation_answer(p.kind, p.yaw, demo.proprio[q.frame, 5]), atol=1e-6)
                 assert q.template.startswith("In: How is the {instruction} turned?")
-    write_tokenizer(tmp_path)
-    tok = PromptTokenizer.from_dir(tmp_path)
-    transform = ImageTransform.from_config(preset_config(PRESETS["tiny-128"], norm_stats={}))
-    plain_ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True)
-    ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, orientation=True)
-    assert len(ds.query_image) > len(plain_ds.query_image)
-    how = tok.encode_fn("In: How is the")
-    turn_prompts = [i for i, pr in enumerate(ds.query_prompts) if pr[1 : 1 + len(how)].tolist() == how]
-    assert turn_prompts and len(ds.query_prompts) == len(plain_ds.query_prompts) + len(turn_prompts)
-    with pytest.raises(ConfigError, match="--ground-frac"):
-        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_orient=True)
-    with pytest.raises(ConfigError, match="pass --ground-orient too"):
-        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, ground_orient_weight=4.0)
-    with pytest.raises(ConfigError, match="subset of block, bar"):
-        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, ground_orient=True, ground_orient_kinds="cylinder")
-    bar_ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, orientation=True,
-                          orient_kinds=("bar",))
-    assert len(plain_ds.query_image) <= len(bar_ds.query_image) < len(ds.query_image)
 
 
 def test_orientation_queries_of_chosen_kinds():
-    """--ground-orient-kinds bar: a clutter scene with a bar and blocks is asked how the bar is turned, not the blocks."""
+    """A clutter scene with a bar and blocks is asked how the bar is turned, not the blocks."""
     seed = next(s for s in range(500) if {p.kind for p in redraw_task("pick", "id_clutter", s).placements} >= {"bar", "block"})
     instruction, objects = episode_objects("pick", "id_clutter", seed)
     ee_pos = np.tile([0.0, 0.0, 0.2], (3, 1))
@@ -195,75 +152,3 @@ def test_answer_normalisation_spans_the_bins():
     values = np.array([0.1, -0.2, 0.3, -0.4])
     np.testing.assert_allclose(denormalise_answer(normalise_answer(values)), values, atol=1e-12)
     np.testing.assert_allclose(denormalise_answer(normalise_answer(values)[:2]), values[:2], atol=1e-12)
-
-
-def test_query_sequences_in_a_batch(demos, tmp_path):
-    write_tokenizer(tmp_path)
-    tok = PromptTokenizer.from_dir(tmp_path)
-    config = preset_config(PRESETS["tiny-128"], norm_stats={})
-    transform = ImageTransform.from_config(config)
-    ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True)
-    assert len(ds.query_image) > 0 and ds.query_tokens.shape[1] == 4
-    assert ds.query_tokens.min() >= 31744 and ds.query_tokens.max() <= 31999
-    batch = make_batch(ds, np.array([0, 1]), transform, config.num_patches, 32000, 2, query_idx=np.array([0, 5]))
-    assert batch.pixel_values.shape[0] == 4
-    assert batch.labels.shape == (2 * 8 + 2 * 5,)  # 7 action tokens + EOS, 4 answer tokens + EOS
-    text_pos = batch.label_pos - config.num_patches + 1
-    assert torch.equal(batch.input_ids[batch.label_rows, text_pos], batch.labels)
-    row = batch.labels[batch.label_rows == 3]
-    assert row[:4].tolist() == ds.query_tokens[5].tolist() and row[4].item() == 2
-    prompt = ds.query_prompts[ds.query_prompt[5]]
-    text = tok.encode_fn("In: Where is the")
-    assert batch.input_ids[3, 1 : 1 + len(text)].tolist() == text
-    assert batch.input_ids[3, : len(prompt)].tolist() == prompt.tolist()
-    np.testing.assert_allclose(batch.pixel_values[3].numpy(), transform(ds.images[ds.query_image[5]])[0], atol=1e-6)
-
-
-def test_grounding_needs_our_demo_files(tmp_path, libero_file):
-    write_tokenizer(tmp_path / "tok")
-    tok = PromptTokenizer.from_dir(tmp_path / "tok")
-    config = preset_config(PRESETS["tiny-128"], norm_stats={})
-    with pytest.raises(ConfigError, match="ground-frac"):
-        load_dataset([str(libero_file)], ImageTransform.from_config(config), tok, ActionTokenizer(), "libero_x", grounding=True)
-
-
-def test_pair_scenes_are_flagged_and_weighted(demos, tmp_path):
-    from export.train import query_weights
-
-    write_tokenizer(tmp_path)
-    tok = PromptTokenizer.from_dir(tmp_path)
-    transform = ImageTransform.from_config(preset_config(PRESETS["tiny-128"], norm_stats={}))
-    ds = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, task_queries=True)
-    # The fixture holds pick (one object) and stack (two blocks) demos: exactly the stack questions are pair ones.
-    stack_rows = [i for i, name in enumerate(ds.instructions) if "pick" not in name]
-    frame_is_stack = np.isin(ds.instruction_index, stack_rows)
-    np.testing.assert_array_equal(ds.query_pair, frame_is_stack[ds.query_image])
-    assert ds.query_pair.any() and not ds.query_pair.all()
-    assert query_weights(ds, 1.0) is None
-    w = query_weights(ds, 4.0).numpy()
-    np.testing.assert_array_equal(w, np.where(ds.query_pair, 4.0, 1.0))
-    draws = torch.multinomial(torch.from_numpy(w), 4000, replacement=True, generator=torch.Generator().manual_seed(0))
-    share = ds.query_pair[draws.numpy()].mean()
-    expected = 4 * ds.query_pair.sum() / w.sum()
-    assert abs(share - expected) < 0.03
-    # --ground-orient-weight multiplies the orientation questions' weight (the fixture's blocks are asked about).
-    turned = load_dataset([str(demos)], transform, tok, ActionTokenizer(), None, grounding=True, orientation=True)
-    assert turned.query_turn.any() and not turned.query_turn.all() and not ds.query_turn.any()
-    w = query_weights(turned, 1.0, 3.0).numpy()
-    np.testing.assert_array_equal(w, np.where(turned.query_turn, 3.0, 1.0))
-    np.testing.assert_array_equal(query_weights(turned, 4.0, 3.0).numpy(), np.where(turned.query_pair, 4.0, 1.0) * w)
-
-
-def test_grounding_share_schedule(tmp_path):
-    from export.train import TrainConfig, ground_share
-
-    flat = TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2)
-    assert [ground_share(s, flat) for s in (0, 100, 10_000)] == [0.2, 0.2, 0.2]
-    cur = TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, ground_start=0.6, ground_decay_steps=100)
-    np.testing.assert_allclose([ground_share(s, cur) for s in (0, 50, 100, 5000)], [0.6, 0.4, 0.2, 0.2])
-    with pytest.raises(ConfigError, match="--ground-decay-steps"):
-        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_frac=0.2, ground_start=0.6)
-    with pytest.raises(ConfigError, match="--ground-frac > 0"):
-        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_start=0.6, ground_decay_steps=10)
-    with pytest.raises(ConfigError, match="--ground-pair-weight"):
-        TrainConfig(data="x.hdf5", out=str(tmp_path), ground_pair_weight=0)

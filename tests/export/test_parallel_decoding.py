@@ -1,0 +1,96 @@
+"""Parallel decoding of action chunks (OpenVLA-OFT style): the model, the config, training, the Policy."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from export.model import OpenVLA, init_weights, parallel_mask
+from export.tiny import PRESETS, preset_config
+from export.train.data import IGNORE, chunk_targets
+from export.train.sft import TrainConfig, train
+from rlrc_runtime.config import VLAConfig
+from rlrc_runtime.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def model() -> OpenVLA:
+    m = OpenVLA(preset_config(PRESETS["tiny-128"]))
+    init_weights(m, seed=0)
+    return m.eval()
+
+
+def test_mask_is_causal_except_within_the_slots():
+    mask = parallel_mask(torch.tensor([2]), torch.tensor([3]), 6)[0, 0]
+    want = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0],
+                         [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, want)
+
+
+def test_one_pass_decoding_equals_the_training_forward(model):
+    """generate_parallel (inference) and parallel_hidden_states (training, right-padded batch of two prompt
+    lengths) give the same tokens; the prompt positions are the causal model's, untouched by the slots."""
+    pv = torch.randn(2, 6, 128, 128, generator=torch.Generator().manual_seed(0))
+    p1, p2, n = torch.tensor([1, 5, 9, 11, 29871]), torch.tensor([1, 7, 29871]), 14
+    p = model.config.num_patches
+    with torch.no_grad():
+        patches = model.embed_image(pv)
+        one = model.generate_parallel(patches[:1], p1[None], n)[0]
+        two = model.generate_parallel(patches[1:], p2[None], n)[0]
+        ids = torch.full((2, 5 + n + 2), 32000)  # two pads after the longer row's slots
+        ids[0, :5], ids[1, :3] = p1, p2
+        hidden = model.parallel_hidden_states(pv, ids, torch.tensor([5, 3]), torch.tensor([n, n]))
+        head = model.language_model.lm_head
+        assert torch.equal(head(hidden[0, p + 5 : p + 5 + n]).argmax(-1), one)
+        assert torch.equal(head(hidden[1, p + 3 : p + 3 + n]).argmax(-1), two)
+        torch.testing.assert_close(hidden[0, : p + 5], model.hidden_states(pv[:1], p1[None])[0], atol=1e-5, rtol=1e-5)
+        # Slots see each other: changing the chunk length changes the first slot's output.
+        shorter = model.parallel_hidden_states(pv[:1], ids[:1], torch.tensor([5]), torch.tensor([7]))
+        assert not torch.allclose(shorter[0, p + 5], hidden[0, p + 5])
+
+
+def test_config_round_trip_and_checks():
+    config = preset_config(PRESETS["tiny-128"]).replace(action_chunk=8, decoding="parallel")
+    back = VLAConfig.from_hf_dict(json.loads(json.dumps(config.to_hf_dict())))
+    assert (back.action_chunk, back.decoding) == (8, "parallel")
+    plain = preset_config(PRESETS["tiny-128"]).to_hf_dict()
+    assert "rlrc_action_chunk" not in plain and VLAConfig.from_hf_dict(plain).decoding == "autoregressive"
+    with pytest.raises(ConfigError, match="rlrc_action_chunk=8 needs rlrc_decoding='parallel'"):
+        preset_config(PRESETS["tiny-128"]).replace(action_chunk=8)
+    with pytest.raises(ConfigError, match="rlrc_action_chunk='8' must be an integer"):
+        VLAConfig.from_hf_dict({**plain, "rlrc_action_chunk": "8", "rlrc_decoding": "parallel"})
+    with pytest.raises(ConfigError, match="--action-chunk=4 needs --decoding parallel"):
+        TrainConfig(data="x", out="y", action_chunk=4, decoding="autoregressive")
+
+
+def test_chunk_targets_ignore_steps_past_the_episode():
+    tokens = np.arange(4 * 2).reshape(4, 2)  # 4 steps of 2-D actions
+    chunks = chunk_targets(tokens, 3)
+    assert chunks.shape == (4, 6)
+    assert chunks[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert chunks[3].tolist() == [6, 7, IGNORE, IGNORE, IGNORE, IGNORE]
+
+
+def test_chunked_training_and_policy(tmp_path):
+    from sim.data import DemoConfig, write_demos
+
+    import rlrc_runtime
+
+    demos = tmp_path / "demos.hdf5"
+    write_demos(DemoConfig(episodes=2, families=("pick",), image_size=64, seed=0), demos, progress=False)
+    cfg = TrainConfig(data=str(demos), out=str(tmp_path / "run"), preset="tiny-128", steps=6, batch_size=8,
+                      warmup_steps=1, lr=3e-3, save_every=6, log_every=1, progress=False, action_chunk=3,
+                      head_rows="targets", label_sigma=2.0)
+    final = train(cfg)
+    saved = json.loads((final / "config.json").read_text())
+    assert saved["rlrc_action_chunk"] == 3 and saved["rlrc_decoding"] == "parallel"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["losses/action_ce"] < rows[0]["losses/action_ce"]
+    with rlrc_runtime.load_policy(final) as policy:
+        res = policy.infer(np.zeros((64, 64, 3), np.uint8), "pick up the red block")
+        assert policy.action_chunk == 3 and res.chunk.shape == (3, 7) and res.action_tokens.shape == (21,)
+        assert np.array_equal(res.action, res.chunk[0])
+        assert np.array_equal(policy.predict_chunk(np.zeros((64, 64, 3), np.uint8), "pick up the red block"),
+                              res.chunk)
