@@ -66,7 +66,7 @@ class TableConfig:
     main_ratio: float = field(default=0.75, metadata={"help": "the ratio that gets SFT, RL and quantization"})
     prune_method: str = field(default="taylor", metadata={"help": "importance: taylor, magnitude, random"})
     calib_batches: int = field(default=8, metadata={"help": "pruning calibration batches (16 samples each)"})
-    sft_steps: int = field(default=1500, metadata={"help": "SFT optimizer steps"})
+    sft_steps: int = field(default=2000, metadata={"help": "SFT optimizer steps"})
     sft_batch_size: int = field(default=64, metadata={"help": "SFT batch size"})
     sft_lr: float = field(default=3e-4, metadata={"help": "SFT peak learning rate"})
     label_sigma: float = field(default=2.0, metadata={"help": "SFT soft action targets, bins (as the base recipe)"})
@@ -74,7 +74,7 @@ class TableConfig:
                                                              "run's terms); --no-sft-recipe: plain rlrc-train"})
     sft_distill: float = field(default=1.0, metadata={"help": "weight of distillation from the base during SFT "
                                                               "(rlrc-train --teacher); 0 = SFT on the demos alone"})
-    rl_updates: int = field(default=20, metadata={"help": "PPO updates per RL run"})
+    rl_updates: int = field(default=40, metadata={"help": "PPO updates per RL run"})
     rl_num_envs: int = field(default=8, metadata={"help": "vector envs per RL run"})
     rl_rollout_steps: int = field(default=32, metadata={"help": "env steps per env per PPO update"})
     rl_lr: float = field(default=1e-5, metadata={"help": "policy learning rate of PPO"})
@@ -230,7 +230,8 @@ def onnx_stage(checkpoint: str, out: Path, precision: str) -> dict[str, Any]:
     if precision == "fp32":
         export_onnx(checkpoint, out, OnnxExportConfig(head="action"), overwrite=True)
     else:
-        quantize_bundle(checkpoint, out, QuantizeConfig(precision=precision), overwrite=True)
+        # The vision graph too: it holds most of the bytes a quantized LLM leaves (the byte breakdown).
+        quantize_bundle(checkpoint, out, QuantizeConfig(precision=precision, quantize_vision=True), overwrite=True)
     return {"bundle": str(out)}
 
 
@@ -297,6 +298,12 @@ def bundle_parts(path: str) -> dict[str, int]:
     seen_data: set[str] = set()
     for graph in sorted(root.glob("*.onnx")):
         model = onnx.load(str(graph), load_external_data=False)
+        scope = {}  # initializer -> the module scope of the node that reads it (quantized weights lose their names)
+        for node in model.graph.node:
+            ns = next((p.value for p in node.metadata_props if p.key == "namespace"), None)
+            for name in node.input:
+                if ns and name not in scope:
+                    scope[name] = ns.rsplit("/", 2)[-2] if "/" in ns else ns
         counted = 0
         for init in model.graph.initializer:
             ext = {e.key: e.value for e in init.external_data}
@@ -309,7 +316,8 @@ def bundle_parts(path: str) -> dict[str, int]:
             else:
                 size = len(init.raw_data) or onnx.numpy_helper.to_array(init).nbytes
                 counted += size
-            parts[_part(init.name)] = parts.get(_part(init.name), 0) + size
+            part = _part(scope.get(init.name, init.name))
+            parts[part] = parts.get(part, 0) + size
         parts["graph"] = parts.get("graph", 0) + max(0, graph.stat().st_size - counted)
     for table in root.glob("*.npy"):
         parts["embeddings"] = parts.get("embeddings", 0) + table.stat().st_size

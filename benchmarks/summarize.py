@@ -1,74 +1,107 @@
-"""Regenerate the README's benchmark table from the JSON files in benchmarks/results/.
+"""Regenerate the README's results block from the JSON files in benchmarks/results/.
 
     python benchmarks/summarize.py            # rewrites the block between the README markers
+    python benchmarks/summarize.py --check    # exit 1 when the README's block is out of date
 
-Only figures that a results file holds are shown, each with its source file; nothing is typed in.
+Only figures that a results file holds are shown, each with its source file and date; nothing is
+typed in. The RLRC table leads, then the base policy it was run on, the size report at OpenVLA-7B
+widths, the engine benchmark and the reference checks.
 """
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def rows() -> list[str]:
-    out = ["| result | figure | source |", "|---|---|---|"]
-    summary = RESULTS / "bench_mid_cpu_summary.json"
-    if summary.is_file():
-        d = json.loads(summary.read_text())
-        for name, c in d.get("comparisons", {}).items():
-            out.append(f"| `mid` preset, CPU, {name.replace('_', ' ')} | {c['speedup_p50_end_to_end']:.2f}× faster p50 end-to-end, "
-                       f"{c['weight_bytes_ratio']:.2f}× smaller weights | `{summary.name}` ({d['date'][:10]}, loaded 2-core CPU) |")
-    for path in sorted(RESULTS.glob("eval_*.json")):
-        d = json.loads(path.read_text())
-        o = d["overall"]
-        fams = ", ".join(f"{k} {v['success_rate']:.2f}" for k, v in d["families"].items())
-        split = f"`{d['split']}`" + (" (pre-0.4 scenes, with distractors)" if d.get("split_note") else "")
-        attempt = re.search(r"attempt\d+", path.stem)
-        if attempt:
-            who = f"base policy {attempt.group(0).replace('attempt', 'attempt ')}"
-            if "diagnostic" in d:  # an experiment on that checkpoint, not its shipped decoding
-                who += f" (diagnostic: {d['diagnostic']['decoding']})"
-            if "variant" in d:  # another checkpoint of that run (e.g. its weight average)
-                who += f" ({d['variant']})"
-            tag = path.stem[attempt.end():].removesuffix("_" + d["split"]).strip("_")
-            if tag and "variant" not in d and "diagnostic" not in d:  # e.g. a rerun: eval_base_attempt9_repro_id
-                who += f" ({tag.replace('_', ' ')})"
-        elif path.stem.startswith("eval_base_") and "bundle" not in path.stem:
-            who = "base policy (current recipe, `eval_base_id.md`)"
-        else:
-            who = f"`{Path(d['policy']).parent.name or d['policy']}`"
-        out.append(f"| success, {who} on split {split} "
-                   f"({d['episodes_per_family']} ep/family) | mean {o['mean_family_success']:.3f} "
-                   f"(overall 95 % CI [{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]); {fams} | `{path.name}` ({d['date'][:10]}) |")
-    table = RESULTS / "rlrc_table.json"
-    if table.is_file():
-        d = json.loads(table.read_text())
-        for r in d["rows"].values():
-            out.append(f"| RLRC table: {r['label']} | success id {r['id']['success_rate']:.2f}, ood {r['ood']['success_rate']:.2f}; "
-                       f"{r['memory_ratio_vs_base_bf16']:.2f}× less memory, {r['speedup_vs_base']:.2f}× faster | "
-                       f"`{table.name}` ({d['date'][:10]}) |")
-    parity = RESULTS / "parity_official.json"
-    if parity.is_file():
-        out.append(f"| token parity with the official OpenVLA code | identical tokens and actions on every case of "
-                   f"{len(json.loads(parity.read_text())['runs'])} runs | `parity_official.md` |")
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(s: dict[str, Any]) -> str:
+    lo, hi = s["ci95"]
+    return f"{100 * s['success_rate']:.1f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def rlrc_table(d: dict[str, Any]) -> list[str]:
+    out = [f"**RLRC in miniature** (`rlrc_table.md`, {d['date'][:10]}; success with 95 % Wilson intervals, "
+           "memory = base checkpoint in bf16 / stored bytes of what the robot loads, speed-up = p50 of "
+           "`predict_action`, all rows timed interleaved in one process; ONNX Runtime rows against the base "
+           "exported to ONNX Runtime fp32, and against the base in PyTorch; 1-minute load average "
+           f"{d['machine']['load_average_before_latency'][0]:.1f} on {d['machine']['cpus']} CPUs when timed):", "",
+           "| row | success id | success ood | less memory | faster | faster than the PyTorch base |",
+           "|---|---|---|---|---|---|"]
+    for r in d["rows"].values():
+        speed = f"{r['speedup_vs_base']:.2f}×" if "speedup_vs_base" in r else "—"
+        mem = f"{r['memory_ratio_vs_base_bf16']:.2f}×" if "memory_ratio_vs_base_bf16" in r else "—"
+        torch_speed = f"{r['speedup_vs_base_torch']:.2f}×" if "speedup_vs_base_torch" in r else "—"
+        out.append(f"| {r['label']} | {_pct(r['id'])} | {_pct(r['ood'])} | {mem} | {speed} | {torch_speed} |")
+    met = [f"{name.replace('_', ' ')}: {'met' if t['met'] else '**missed**'}" for name, t in d.get("targets", {}).items()]
+    if met:
+        out += ["", "Targets: " + "; ".join(met) + "."]
     return out
 
 
-def main() -> int:
+def rows() -> list[str]:
+    out: list[str] = []
+    table = _load("rlrc_table.json")
+    if table:
+        out += rlrc_table(table) + [""]
+    out += ["| result | figure | source |", "|---|---|---|"]
+    for split in ("id", "ood", "id_clutter"):
+        d = _load(f"eval_base_{split}.json")
+        if d:
+            o = d["overall"]
+            fams = ", ".join(f"{k} {v['success_rate']:.2f}" for k, v in d["families"].items())
+            out.append(f"| base policy (`bash benchmarks/base_policy.sh`), split `{split}`, "
+                       f"{d['episodes_per_family']} episodes per family | {_pct(o)}; {fams} | "
+                       f"`eval_base_{split}.json` ({d['date'][:10]}) |")
+    size = _load("size_report_openvla7b.json")
+    if size:
+        for q, r in size.get("bundles", {}).items():
+            out.append(f"| OpenVLA-7B widths, {size['config']['prune_ratio']:.0%} pruned, {q} "
+                       f"(pieces measured, decoder scaled by layer count) | {r['bytes'] / 1e9:.2f} GB vs "
+                       f"{size['base_bf16_bytes'] / 1e9:.2f} GB bf16: {size['base_bf16_bytes'] / r['bytes']:.1f}× "
+                       f"smaller (paper: 14.86 → 1.77 GB) | `size_report_openvla7b.json` ({size['date'][:10]}) |")
+    bench = _load("bench_mid_cpu_summary.json")
+    if bench:
+        for name, c in bench.get("comparisons", {}).items():
+            out.append(f"| engine benchmark, `mid` preset on CPU, {name.replace('_', ' ')} | "
+                       f"{c['speedup_p50_end_to_end']:.2f}× faster p50 end-to-end, {c['weight_bytes_ratio']:.2f}× "
+                       f"smaller weights | `bench_mid_cpu_summary.json` ({bench['date'][:10]}) |")
+    parity = _load("parity_official.json")
+    if parity:
+        out.append(f"| token parity with the official OpenVLA code | identical tokens and actions in every case of "
+                   f"{len(parity['runs'])} runs | `parity_official.md` |")
+    return out
+
+
+def render(text: str) -> str:
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return head + START + "\n" + "\n".join(rows()) + "\n" + END + tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text or END not in text:
-        print(f"README.md lacks the markers {START} / {END}", file=sys.stderr)
+        print(f"README.md lacks the markers {START} / {END}; add them where the results go", file=sys.stderr)
         return 2
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(head + START + "\n" + "\n".join(rows()) + "\n" + END + tail)
+    new = render(text)
+    if "--check" in argv:
+        if new != text:
+            print("README.md's results block is out of date: run `python benchmarks/summarize.py`", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(new)
     return 0
 
 

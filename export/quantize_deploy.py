@@ -54,6 +54,11 @@ class QuantizeConfig:
     """int8: per-channel weight scales."""
     quantize_head: bool = field(default=True, metadata={"help": "also quantize lm_head"})
     """Whether lm_head's MatMul is quantized (it is the largest single weight at 7B: 32064 x 4096)."""
+    head_bits: int = field(default=8, metadata={
+        "help": "int4: bits of the lm_head MatMul: 8 (dynamic int8, per channel) or 4 (MatMulNBits like the "
+                "decoder). 4-bit logits flip the argmax over 256 bins often; the action-only head is a tiny "
+                "share of the bytes", "choices": [4, 8]})
+    """int4 bundles: precision of the head (the decoder is 4-bit either way)."""
     quantize_vision: bool = field(default=False, metadata={
         "help": "also quantize the vision graph's MatMuls (towers + projector) at --precision; the patch "
                 "embedding convolutions stay float"})
@@ -68,6 +73,8 @@ class QuantizeConfig:
             raise ConfigError(f"precision={self.precision!r}; quantize writes 'int8' or 'int4' (fp16 comes from `rlrc-export onnx --precision fp16`)")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size={self.block_size} must be a power of two >= 16 (MatMulNBits)")
+        if self.head_bits not in (4, 8):
+            raise ConfigError(f"head_bits={self.head_bits} must be 4 or 8")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ConfigError(f"accuracy_level={self.accuracy_level} must be 0..4")
         if self.embed_precision not in ("auto", "none", "int8", "int4"):
@@ -97,24 +104,54 @@ def _head_nodes(model: onnx.ModelProto) -> list[str]:
 def quantize_graph(model_path: Path, cfg: QuantizeConfig, work: Path) -> onnx.ModelProto:
     """One graph file (with its external data) -> quantized ModelProto with data in memory."""
     model = onnx.load(str(model_path), load_external_data=True)
-    exclude = [] if cfg.quantize_head else _head_nodes(model)
-    if cfg.precision == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    head = _head_nodes(model)
+    scopes = {n.name: [(p.key, p.value) for p in n.metadata_props] for n in model.graph.node if n.metadata_props}
+    return _keep_scopes(_quantize(model, model_path, cfg, work, head), scopes)
 
-        src = work / f"{model_path.stem}.src.onnx"
-        onnx.save_model(model, str(src), save_as_external_data=True, location=f"{model_path.stem}.src.data")
-        dst = work / f"{model_path.stem}.int8.onnx"
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude, use_external_data_format=True,
-                         extra_options={"MatMulConstBOnly": True})
-        return onnx.load(str(dst), load_external_data=True)
+
+def _keep_scopes(model: onnx.ModelProto, scopes: dict[str, list[tuple[str, str]]]) -> onnx.ModelProto:
+    """Copy each original node's metadata (the exporter's module scope, e.g. 'layers.3.mlp.up_proj') onto
+    the nodes the quantizer made from it (named after it: NAME_Q4, NAME_quant, ...), so tools can still
+    tell which part of the model a quantized weight belongs to."""
+    names = sorted(scopes, key=len, reverse=True)
+    for node in model.graph.node:
+        if node.metadata_props or not node.name:
+            continue
+        src = next((n for n in names if node.name.startswith(n + "_")), None)
+        for key, value in scopes.get(src, []):
+            node.metadata_props.add(key=key, value=value)
+    return model
+
+
+def _quantize(model: onnx.ModelProto, model_path: Path, cfg: QuantizeConfig, work: Path,
+              head: list[str]) -> onnx.ModelProto:
+    if cfg.precision == "int8":
+        return _int8(model, model_path.stem, cfg, work, exclude=[] if cfg.quantize_head else head)
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    four_bit_head = cfg.quantize_head and cfg.head_bits == 4
     quant = MatMulNBitsQuantizer(model, bits=4, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
-                                 accuracy_level=cfg.accuracy_level, nodes_to_exclude=exclude,
+                                 accuracy_level=cfg.accuracy_level, nodes_to_exclude=[] if four_bit_head else head,
                                  op_types_to_quantize=("MatMul",))
     quant.process()
-    return quant.model.model
+    model = quant.model.model
+    if cfg.quantize_head and not four_bit_head and head:
+        model = _int8(model, model_path.stem + ".head", cfg, work, only=head)
+    return model
+
+
+def _int8(model: onnx.ModelProto, stem: str, cfg: QuantizeConfig, work: Path, exclude: list[str] | None = None,
+          only: list[str] | None = None) -> onnx.ModelProto:
+    """Dynamic int8 of the MatMuls with constant weights (``only`` these nodes, or all but ``exclude``)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = work / f"{stem}.src.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location=f"{stem}.src.data")
+    dst = work / f"{stem}.int8.onnx"
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                     op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude or [], nodes_to_quantize=only or [],
+                     use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+    return onnx.load(str(dst), load_external_data=True)
 
 
 def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, overwrite: bool = False,

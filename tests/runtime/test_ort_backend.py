@@ -67,7 +67,9 @@ def test_quantized_bundles_load_run_and_agree(bundle, quantized, precision):
     m = read_manifest(quantized[precision])
     fp32 = read_manifest(bundle)
     assert m.precision == precision and m.graphs["vision"].precision == "fp32"
-    assert m.graphs["decode"].weight_bytes < fp32.graphs["decode"].weight_bytes / (3 if precision == "int8" else 5)
+    assert m.graphs["decode"].weight_bytes < fp32.graphs["decode"].weight_bytes / 3
+    if precision == "int4":  # 4-bit decoder, 8-bit head: below the all-int8 bundle
+        assert m.graphs["decode"].weight_bytes < read_manifest(quantized["int8"]).graphs["decode"].weight_bytes
     assert [s["stage"] for s in m.stages] == ["onnx", "quantize"]
     ops = {n.op_type for n in __import__("onnx").load(str(quantized[precision] / "decode.onnx"), load_external_data=False).graph.node}
     assert ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops) if precision == "int8" else "MatMulNBits" in ops
@@ -90,3 +92,21 @@ def test_quantize_needs_an_fp32_bundle(quantized, tmp_path):
         quantize_bundle(quantized["int8"], tmp_path / "x", QuantizeConfig(precision="int4"))
     with pytest.raises(ConfigError, match="block_size=24"):
         QuantizeConfig(precision="int4", block_size=24)
+
+
+def test_int4_keeps_the_head_at_8_bits(bundle, quantized, tmp_path):
+    from export.quantize_deploy import _head_nodes
+
+    import onnx
+
+    head = _head_nodes(onnx.load(str(bundle / "decode.onnx"), load_external_data=False))
+    assert head
+    nodes = onnx.load(str(quantized["int4"] / "decode.onnx"), load_external_data=False).graph.node
+    kinds = {n.op_type for n in nodes if any(n.name.startswith(h + "_") for h in head)}
+    assert "MatMulInteger" in kinds and "MatMulNBits" not in kinds  # the head: dynamic int8
+    assert any(n.op_type == "MatMulNBits" for n in nodes)  # the decoder: 4-bit
+    all4 = quantize_bundle(bundle, tmp_path / "all4", QuantizeConfig(precision="int4", head_bits=4))
+    nodes4 = onnx.load(str(all4 / "decode.onnx"), load_external_data=False).graph.node
+    assert {n.op_type for n in nodes4 if any(n.name.startswith(h + "_") for h in head)} == {"MatMulNBits"}
+    with pytest.raises(ConfigError, match="head_bits=6"):
+        QuantizeConfig(precision="int4", head_bits=6)
