@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors import safe_open
@@ -239,7 +238,3 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="tensor")
-
-
-def state_dict_keys(model: OpenVLA) -> Iterable[str]:
-    return model.state_dict().keys()

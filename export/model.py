@@ -523,12 +523,3 @@ def init_weights(model: OpenVLA, seed: int = 0, std: float = 0.02, sincos_pos: b
                 p.normal_(0.0, std, generator=gen)
             else:
                 p.normal_(0.0, std, generator=gen)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def llm_weight_bytes(model: OpenVLA) -> int:
-    return sum(p.numel() * p.element_size() for p in model.language_model.parameters())
-

@@ -159,12 +159,6 @@ SIM_ROBOT_PARAMS: dict[str, Param] = _table([
 ])
 
 
-def as_ros_yaml(node_name: str, table: dict[str, Param]) -> dict[str, Any]:
-    """{node_name: {'ros__parameters': defaults}} — the layout of config/*.yaml."""
-    return {node_name: {"ros__parameters": {p.name: (list(p.default) if isinstance(p.default, tuple) else p.default)
-                                            for p in table.values()}}}
-
-
 def parse_text(param: Param, text: str) -> Any:
     """A launch-argument string -> the parameter's typed value (raises ValueError naming the argument)."""
     kind = param.kind
