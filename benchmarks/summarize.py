@@ -64,11 +64,14 @@ def rows() -> list[str]:
                        f"`eval_base_{split}.json` ({d['date'][:10]}) |")
     size = _load("size_report_openvla7b.json")
     if size:
-        for q, r in size.get("bundles", {}).items():
-            out.append(f"| OpenVLA-7B widths, {size['config']['prune_ratio']:.0%} pruned, {q} "
-                       f"(pieces measured, decoder scaled by layer count) | {r['bytes'] / 1e9:.2f} GB vs "
-                       f"{size['base_bf16_bytes'] / 1e9:.2f} GB bf16: {size['base_bf16_bytes'] / r['bytes']:.1f}× "
-                       f"smaller (paper: 14.86 → 1.77 GB) | `size_report_openvla7b.json` ({size['date'][:10]}) |")
+        for name, r in size.get("bundles", {}).items():
+            if not r.get("pruned") or r.get("head") != "action_head":
+                continue
+            out.append(f"| OpenVLA-7B widths, {size['config']['prune_ratio']:.0%} pruned, {r['precision']} "
+                       f"(vision {r['vision_precision']}, {r['head'].replace('_', ' ')}; pieces measured, decoder "
+                       f"scaled by layer count) | {r['total_gb']:.2f} GB vs {size['base']['gb']:.2f} GB bf16: "
+                       f"{r['ratio_vs_bf16']:.2f}× smaller (paper: 14.86 → 1.77 GB, 8.40×) | "
+                       f"`size_report_openvla7b.md` ({size['date'][:10]}) |")
     bench = _load("bench_mid_cpu_summary.json")
     if bench:
         for name, c in bench.get("comparisons", {}).items():
