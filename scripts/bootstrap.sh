@@ -11,9 +11,20 @@ EXTRAS=${RLRC_EXTRAS:-export,sim,ros,realsense,onnx,dev}
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
+LOG=${TMPDIR:-/tmp}/rlrc-bootstrap.log
+# Run a set-up step with its output in $LOG; on failure show the last lines and name the log.
+quiet() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "[bootstrap] failed: $*" >&2
+    tail -n 20 "$LOG" >&2
+    echo "[bootstrap] full log: $LOG" >&2
+    exit 1
+  fi
+}
+
 apt_install() {
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  quiet $SUDO apt-get update -qq
+  quiet $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
 missing=()
@@ -43,8 +54,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[bootstrap] installing Python packages into .venv (extras: $EXTRAS)"
 # torch first and pinned: the local 2.13.0 CPU build; an unpinned resolve would pull the CUDA build.
-.venv/bin/python -m pip install -q "torch==2.13.0"
+echo "[bootstrap]   torch 2.13.0 (CPU build) ..."
+quiet .venv/bin/python -m pip install -q "torch==2.13.0"
 # compat mode: a path entry, so packages added later (and by other engineers) import without a reinstall.
-.venv/bin/python -m pip install -q -e ".[${EXTRAS}]" --config-settings editable_mode=compat
+echo "[bootstrap]   the project and its dependencies ..."
+quiet .venv/bin/python -m pip install -q -e ".[${EXTRAS}]" --config-settings editable_mode=compat
 echo "$want" > "$stamp"
 echo "[bootstrap] done"
