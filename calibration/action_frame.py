@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, read_yaml
 from rlrc_runtime.config import did_you_mean
 from rlrc_runtime.errors import ConfigError
 
@@ -305,12 +305,7 @@ def propose_action_frame(fit: MotionFit, declared: ActionFrame, snap_deg: float 
 def load_action_frame(path: str | Path) -> ActionFrame:
     """Read and validate an action-frame YAML; errors name the file and the field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"action frame file {path} does not exist; write one with `rlrc-calib action-frame --out {path}`")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"action frame file {path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "action frame", f"write one with `rlrc-calib action-frame --out {path}`")
     return ActionFrame.from_yaml_dict(data, source=str(path))
 
 

@@ -30,7 +30,7 @@ import yaml
 
 from calibration.action_frame import matrix_to_rpy, rotation_angle_deg, rpy_matrix
 from calibration.capture import SourceConfig, frames_from
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, read_yaml
 from calibration.intrinsics import CameraModel
 from rlrc_runtime.config import did_you_mean
 from rlrc_runtime.errors import ConfigError
@@ -215,12 +215,7 @@ class CameraPose:
 def load_camera_pose(path: str | Path) -> CameraPose:
     """Read a camera pose YAML written by `rlrc-calib extrinsics`; errors name the file and the field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"camera pose file {path} does not exist; measure one with `rlrc-calib extrinsics`")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"camera pose file {path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "camera pose", "measure one with `rlrc-calib extrinsics`")
     if not isinstance(data, dict) or data.get("version") != POSE_VERSION:
         raise ConfigError(f"camera pose file {path}: version={None if not isinstance(data, dict) else data.get('version')!r}; "
                           f"expected {POSE_VERSION} (write it with `rlrc-calib extrinsics`)")

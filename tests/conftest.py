@@ -43,3 +43,15 @@ def ckpt_copy(tmp_path: Path, tiny_ckpt: Path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def transforms(tmp_path_factory):
+    """Transforms of the tiny-128 preset with a generated tokenizer (the trainers' and recipes' tests)."""
+    from export.tiny import PRESETS, preset_config
+    from export.tokenizer_gen import write_tokenizer
+    from rlrc_runtime.transforms import Transforms
+
+    d = tmp_path_factory.mktemp("tok")
+    write_tokenizer(d)
+    return Transforms.for_new_model(preset_config(PRESETS["tiny-128"], norm_stats={}), d)

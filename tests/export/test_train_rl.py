@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from export.checkpoint import load_model
 from export.model import OpenVLA, init_weights
 from export.tiny import PRESETS, preset_config
-from export.tokenizer_gen import write_tokenizer
 from export.train.data import Collator, load_demos
 from export.train.loop import Run
 from export.train.rl import (STATE_FILE, VALUE_HEAD_FILE, ActionScores, EnvState, Learner, PolicyContext, PPOTargets,
@@ -44,12 +43,6 @@ def model() -> OpenVLA:
     init_weights(m, seed=0)
     return m.eval()
 
-
-@pytest.fixture(scope="module")
-def transforms(tmp_path_factory) -> Transforms:
-    d = tmp_path_factory.mktemp("tok")
-    write_tokenizer(d)
-    return Transforms.for_new_model(preset_config(PRESETS["tiny-128"]), d)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import torch
 from export.checkpoint import load_model
 from export.model import OpenVLA, init_weights
 from export.tiny import PRESETS, preset_config
-from export.tokenizer_gen import write_tokenizer
 from export.train.data import Collator, load_demos
 from export.train.loop import lr_factor
 from export.train.sft import ActionLoss, TrainConfig, target_head_rows, train
@@ -28,12 +27,6 @@ def demos(tmp_path_factory) -> Path:
     write_demos(DemoConfig(episodes=4, families=("pick", "push"), image_size=64, seed=0), out, progress=False)
     return out
 
-
-@pytest.fixture(scope="module")
-def transforms(tmp_path_factory) -> Transforms:
-    d = tmp_path_factory.mktemp("tok")
-    write_tokenizer(d)
-    return Transforms.for_new_model(preset_config(PRESETS["tiny-128"], norm_stats={}), d)
 
 
 def _data(demos: Path, transforms: Transforms):

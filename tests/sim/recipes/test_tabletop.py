@@ -9,11 +9,9 @@ import torch
 from export.demos import DemoReader
 from export.model import OpenVLA, init_weights
 from export.tiny import PRESETS, preset_config
-from export.tokenizer_gen import write_tokenizer
 from export.train.data import load_demos
 from export.train.sft import demo_collator
 from rlrc_runtime.errors import ConfigError, DatasetError
-from rlrc_runtime.transforms import Transforms
 from sim.data import DemoConfig, write_demos
 from sim.recipes.counterfactual import demo_counterfactuals
 from sim.recipes.grounding import untouched_frames
@@ -28,12 +26,6 @@ def demos(tmp_path_factory):
                 progress=False)
     return out
 
-
-@pytest.fixture(scope="module")
-def transforms(tmp_path_factory) -> Transforms:
-    d = tmp_path_factory.mktemp("tok")
-    write_tokenizer(d)
-    return Transforms.for_new_model(preset_config(PRESETS["tiny-128"], norm_stats={}), d)
 
 
 def _recipe(demos, transforms, **kw):
