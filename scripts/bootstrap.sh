@@ -12,6 +12,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 LOG=${TMPDIR:-/tmp}/rlrc-bootstrap.log
+: >"$LOG"
 # Run a set-up step with its output in $LOG; on failure show the last lines and name the log.
 quiet() {
   if ! "$@" >>"$LOG" 2>&1; then
