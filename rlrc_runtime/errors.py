@@ -59,3 +59,7 @@ class BackendError(RLRCError):
 
 class InputError(RLRCError, ValueError):
     """An input to the policy (image, instruction) is malformed."""
+
+
+class NonFiniteOutputError(BackendError):
+    """A network produced NaN or Inf (logits, hidden states or an action): the step has no safe action."""

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable
 
@@ -126,17 +126,22 @@ class Run:
         resolved = {name: asdict(c) for name, c in configs.items()}
         path = self.out / "train_config.json"
         if self.resuming and path.is_file():
-            self._check_same_job(json.loads(path.read_text()), resolved)
+            defaults = {name: {f.name: f.default for f in fields(c)} for name, c in configs.items()}
+            self._check_same_job(json.loads(path.read_text()), resolved, defaults)
         if self.main:
             path.write_text(json.dumps(resolved, indent=2, default=str) + "\n")
 
-    def _check_same_job(self, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    def _check_same_job(self, saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any]) -> None:
+        """A flag the saved run did not record (it predates the flag) counts as its default."""
         diff = []
         for name, values in now.items():
             old = saved.get(name, {})
             for key, value in values.items():
-                if key not in self.cfg.RESUMABLE and key not in ("steps", "updates") and old.get(key) != value:
-                    diff.append(f"{flag(key)}: saved {old.get(key)!r}, now {value!r}")
+                if key in self.cfg.RESUMABLE or key in ("steps", "updates"):
+                    continue
+                before = old.get(key, defaults[name].get(key))
+                if before != value:
+                    diff.append(f"{flag(key)}: saved {before!r}, now {value!r}")
         if diff:
             raise ConfigError(f"{self.out} holds a run with other settings ({'; '.join(diff)}); use another --out or "
                               "the same flags")
