@@ -8,8 +8,10 @@ the file instead of reading it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import fcntl
 import hashlib
 import importlib.metadata
 import logging
@@ -17,21 +19,24 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from rlrc_runtime.checkpoint import TOKENIZER_FILES
-from rlrc_runtime.errors import CheckpointError
+from rlrc_runtime.errors import CheckpointError, MissingFileError
 from rlrc_runtime.manifest import (
     MANIFEST_FILE,
+    MANIFEST_HASH_FILE,
     GraphSpec,
     Manifest,
     TensorSpec,
     read_manifest,
+    sha256_file,
     write_manifest,
 )
 
@@ -135,6 +140,20 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def content_digest(*paths: Path) -> str:
+    """sha256 over the content of files and directory trees (relative names included), in order."""
+    h = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if not path.exists() or not files:
+            raise MissingFileError(f"{path} does not exist or holds no files; check the path")
+        for f in files:
+            h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+            h.update(b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
 def tool_versions(*extra: str) -> dict[str, str]:
     """Versions of the packages that shaped the bundle (absent ones are left out)."""
     out = {"python": sys.version.split()[0]}
@@ -157,23 +176,123 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+class ExportBusyError(CheckpointError):
+    """Another export holds the lock of the same output directory."""
+
+
+_HELD: dict[Path, tuple[int, int]] = {}  # lock file -> (fd, depth): the locks this process holds
+
+
+def _lock_path(out: Path) -> Path:
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}.lock"
+
+
+def lock_out(out: Path) -> None:
+    """Take the exclusive lock of ``out`` (``.NAME.lock`` beside it), or raise ExportBusyError.
+
+    Re-entrant within one process (the pipeline holds it while its stages take it again); the
+    kernel releases it when the process dies, so a killed export never leaves a stale lock (its
+    file may stay behind, unlocked; the next export takes it over).
+    """
+    path = _lock_path(out)
+    if path in _HELD:
+        fd, depth = _HELD[path]
+        _HELD[path] = (fd, depth + 1)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ExportBusyError(
+                f"{out} is being written by another export ({holder}); wait for it to finish or choose another --out"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder released and removed this lock file while we waited: take a new one
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} since {now_iso()}".encode(), 0)
+    _HELD[path] = (fd, 1)
+
+
+def unlock_out(out: Path) -> None:
+    """Release one hold of ``out``'s lock (the last one closes it)."""
+    path = _lock_path(out)
+    if path not in _HELD:  # already released (a failed finish_out released it before raising)
+        return
+    fd, depth = _HELD[path]
+    if depth > 1:
+        _HELD[path] = (fd, depth - 1)
+        return
+    del _HELD[path]
+    path.unlink(missing_ok=True)  # while still locked, so a waiting export retries on a fresh file
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_out(out: Path) -> Iterator[None]:
+    """Hold ``out``'s export lock for the duration of the block."""
+    lock_out(out)
+    try:
+        yield
+    finally:
+        unlock_out(out)
+
+
+def private_dir(out: Path, kind: str) -> Path:
+    """A new directory ``.NAME.KIND-XXXX`` beside ``out``, after removing the ones a killed export left.
+
+    Call with ``out``'s lock held: no other export can be using a directory of that pattern then.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.{kind}-*"):
+        log.info("removing %s, left by an interrupted export", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
+
+
 def prepare_out(out: Path, overwrite: bool) -> Path:
-    """A fresh temporary directory next to ``out``; ``finish_out`` moves it into place."""
+    """Lock ``out`` and return a private temporary directory beside it; ``finish_out`` moves it into
+    place, ``abandon_out`` removes it. Until then ``out`` is untouched."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CheckpointError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
+    lock_out(out)
+    try:
+        return private_dir(out, "tmp")
+    except BaseException:
+        unlock_out(out)
+        raise
 
 
 def finish_out(tmp: Path, out: Path) -> Path:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    """Move the finished ``tmp`` to ``out`` (an old ``out`` is moved aside first, then deleted) and unlock."""
+    out = Path(out)
+    try:
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        unlock_out(out)
     return out
+
+
+def abandon_out(tmp: Path, out: Path) -> None:
+    """Remove an unfinished ``tmp`` and release ``out``'s lock (``out`` is left as it was)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    unlock_out(out)
 
 
 def write_bundle(tmp: Path, out: Path, manifest: Manifest) -> Path:
@@ -186,14 +305,15 @@ def copy_bundle_except(src: Path, dst: Path, skip: set[str]) -> None:
     """Copy a bundle's files (not the manifest, not ``skip``) into ``dst``."""
     for p in sorted(Path(src).rglob("*")):
         rel = p.relative_to(src).as_posix()
-        if not p.is_file() or rel == MANIFEST_FILE or rel in skip:
+        if not p.is_file() or rel in (MANIFEST_FILE, MANIFEST_HASH_FILE) or rel in skip:
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(p, dst / rel)
 
 
 __all__ = [
-    "copy_bundle_except", "copy_tokenizer_files", "finish_out", "graph_spec", "initializer_bytes", "io_specs",
-    "load_graph", "now_iso", "prepare_out", "read_manifest", "save_graphs", "stage_record", "tool_versions",
-    "write_bundle",
+    "ExportBusyError", "abandon_out", "content_digest", "copy_bundle_except", "copy_tokenizer_files", "exclusive_out",
+    "finish_out",
+    "graph_spec", "initializer_bytes", "io_specs", "load_graph", "now_iso", "prepare_out", "private_dir",
+    "read_manifest", "save_graphs", "stage_record", "tool_versions", "write_bundle",
 ]

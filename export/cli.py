@@ -192,62 +192,112 @@ def cmd_prune(args: Any) -> None:
     print(format_report(prune_checkpoint(args.checkpoint, args.out, split_config(args, PruneConfig), overwrite=args.overwrite)))
 
 
+def stage_key(**inputs: Any) -> str:
+    """A short digest of a stage's inputs (the digest of its input checkpoint, its data, its settings)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def compress_checkpoint(args: PipelineArgs) -> str:
-    """prune -> SFT -> RL on checkpoints under --work; each finished stage is reused. Returns the last one."""
+    """prune -> SFT -> RL on checkpoints under --work; returns the last one.
+
+    Each stage's directory is named by a digest of everything that determines its result (the
+    source checkpoint's content, the demonstrations' content, the stage's settings, the stage
+    before it), so a finished stage is reused only by a rerun with the same inputs.
+    """
     from pathlib import Path
+
+    from export.bundle import content_digest, exclusive_out
 
     work = Path(args.work or f"{args.out}.stages")
     ckpt = args.checkpoint
-    if args.prune_ratio > 0:
-        from export.prune import PruneConfig, format_report, prune_checkpoint
+    with exclusive_out(work):
+        key = content_digest(Path(ckpt))
+        data = content_digest(*(Path(f) for f in args.data.split(","))) if args.data else None
+        if args.prune_ratio > 0:
+            from export.prune import PruneConfig, format_report, prune_checkpoint
 
-        dst = work / f"pruned_{args.prune_ratio:g}"
-        if not (dst / "prune_report.json").exists():
-            print(format_report(prune_checkpoint(ckpt, dst, PruneConfig(ratio=args.prune_ratio, method=args.prune_method,
-                                                                          data=args.data), overwrite=True)))
-        ckpt = str(dst)
-    stages = [s for s in args.recover.split(",") if s]
-    if "sft" in stages:
-        from export.train.sft import TrainConfig, train
+            cfg = PruneConfig(ratio=args.prune_ratio, method=args.prune_method, data=args.data)
+            key = stage_key(stage="prune", source=key, data=data, ratio=cfg.ratio, method=cfg.method)
+            dst = work / f"pruned_{args.prune_ratio:g}_{key}"
+            if not (dst / "prune_report.json").exists():
+                print(format_report(prune_checkpoint(ckpt, dst, cfg, overwrite=True)))
+            ckpt = str(dst)
+        stages = [s for s in args.recover.split(",") if s]
+        if "sft" in stages:
+            from export.train.sft import TrainConfig, train
 
-        final = train(TrainConfig(data=args.data or "", out=str(work / "sft"), init=ckpt, steps=args.sft_steps,
+            key = stage_key(stage="sft", source=key, data=data, steps=args.sft_steps)
+            dst = work / f"sft_{key}"
+            if not (dst / "final" / "config.json").is_file():
+                train(TrainConfig(data=args.data or "", out=str(dst), init=ckpt, steps=args.sft_steps,
                                   warmup_steps=min(100, args.sft_steps // 10)))
-        ckpt = str(final)
-    if "rl" in stages:
-        from export.train.rl import RLConfig, train_rl
+            ckpt = str(dst / "final")
+        if "rl" in stages:
+            from export.train.rl import RLConfig, train_rl
 
-        final = train_rl(RLConfig(init=ckpt, out=str(work / "rl"), updates=args.rl_updates, critic_warmup=4,
-                                  bc_coef=0.1, bc_data=args.data))
-        ckpt = str(final)
+            key = stage_key(stage="rl", source=key, data=data, updates=args.rl_updates)
+            dst = work / f"rl_{key}"
+            if not (dst / "final" / "config.json").is_file():
+                train_rl(RLConfig(init=ckpt, out=str(dst), updates=args.rl_updates, critic_warmup=4, bc_coef=0.1,
+                                  bc_data=args.data))
+            ckpt = str(dst / "final")
     return ckpt
 
 
+def require_tensorrt() -> None:
+    """Fail before any work when TensorRT engines cannot be built here."""
+    from rlrc_runtime.errors import BackendError
+
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        raise BackendError(
+            "--target tensorrt builds the engines on this machine, but TensorRT is not installed here; run on the "
+            "GPU target after `pip install 'rlrc_runtime[tensorrt]'`, or export with --target onnxruntime and build "
+            "the engines there with `rlrc-export engine --bundle BUNDLE`"
+        ) from exc
+    from rlrc_runtime.backends.tensorrt import cudart_module
+
+    cudart_module()
+
+
 def cmd_pipeline(args: PipelineArgs) -> None:
-    """Every stage: [prune -> SFT -> RL] -> onnx export -> [quantize] -> [engines]."""
+    """Every stage: [prune -> SFT -> RL] -> onnx export -> [quantize] -> [engines], holding --out's lock."""
     import shutil
     from pathlib import Path
 
+    from export.bundle import exclusive_out, private_dir
     from export.engine import EngineConfig, build_engines
     from export.onnx_export import OnnxExportConfig, export_onnx
     from export.quantize_deploy import QuantizeConfig, quantize_bundle
+    from rlrc_runtime.errors import CheckpointError
 
-    if args.prune_ratio > 0 or args.recover:
-        args = dataclasses.replace(args, checkpoint=compress_checkpoint(args))
-    out = Path(args.out)
-    onnx_cfg = OnnxExportConfig(precision="fp16" if args.quantize == "fp16" else "fp32", max_seq_len=args.max_seq_len,
-                                embeddings=args.embeddings, head=args.head, exporter=args.exporter)
-    command = _command() or None
-    if args.quantize in ("int8", "int4"):
-        stage_dir = out.parent / f".{out.name}.fp32"
-        export_onnx(args.checkpoint, stage_dir, onnx_cfg, overwrite=True, command=command)
-        try:
-            quantize_bundle(stage_dir, out, QuantizeConfig(precision=args.quantize), overwrite=args.overwrite, command=command)
-        finally:
-            shutil.rmtree(stage_dir, ignore_errors=True)
-    else:
-        export_onnx(args.checkpoint, out, onnx_cfg, overwrite=args.overwrite, command=command)
     if args.target == "tensorrt":
-        build_engines(out, EngineConfig(precision="fp16" if args.quantize == "fp16" else "fp32"), command=command)
+        require_tensorrt()
+    out = Path(args.out)
+    with exclusive_out(out):
+        if out.exists() and any(out.iterdir()) and not args.overwrite:  # before hours of recovery, not after
+            raise CheckpointError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
+        if args.prune_ratio > 0 or args.recover:
+            args = dataclasses.replace(args, checkpoint=compress_checkpoint(args))
+        onnx_cfg = OnnxExportConfig(precision="fp16" if args.quantize == "fp16" else "fp32",
+                                    max_seq_len=args.max_seq_len, embeddings=args.embeddings, head=args.head,
+                                    exporter=args.exporter)
+        command = _command() or None
+        if args.quantize in ("int8", "int4"):
+            staging = private_dir(out, "fp32")  # this export's own: a concurrent one cannot mix into it
+            try:
+                export_onnx(args.checkpoint, staging / "bundle", onnx_cfg, overwrite=True, command=command)
+                quantize_bundle(staging / "bundle", out, QuantizeConfig(precision=args.quantize),
+                                overwrite=args.overwrite, command=command)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        else:
+            export_onnx(args.checkpoint, out, onnx_cfg, overwrite=args.overwrite, command=command)
+        if args.target == "tensorrt":
+            build_engines(out, EngineConfig(precision="fp16" if args.quantize == "fp16" else "fp32"), command=command)
     print(f"wrote bundle {out} ({args.quantize}, target {args.target})")
 
 
@@ -304,7 +354,17 @@ def commands() -> dict[str, Subcommand]:
     }
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every stage removes its temporary directory on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     return run_subcommands("rlrc-export", __doc__, commands(), argv)
 
 

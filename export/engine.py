@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.bundle import now_iso, stage_record, write_bundle
+from export.bundle import exclusive_out, now_iso, private_dir, stage_record, write_bundle
 from rlrc_runtime.errors import BackendError, ConfigError
 from rlrc_runtime.manifest import EngineSpec, read_manifest, write_manifest
 
@@ -56,14 +58,26 @@ class EngineConfig:
 
 
 def build_engines(bundle: str | Path, cfg: EngineConfig = EngineConfig(), command: str | None = None) -> Path:
-    """Build vision/prefill/decode engines into ``bundle/engines/`` and record them in the manifest."""
+    """Build vision/prefill/decode engines into ``bundle/engines/`` and record them in the manifest.
+
+    Holds the bundle's export lock; the engines are built in a private directory beside the bundle
+    and moved in with the new manifest, so an interrupted build leaves the bundle as it was.
+    """
+    with exclusive_out(Path(bundle)):
+        staging = private_dir(Path(bundle), "engines")
+        try:
+            return _build_engines(Path(bundle), cfg, command, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_engines(bundle: Path, cfg: EngineConfig, command: str | None, staging: Path) -> Path:
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendError("building engines needs TensorRT on this machine: pip install 'rlrc_runtime[tensorrt]'") from exc
     from rlrc_runtime.backends.tensorrt import cudart_module, device_facts
 
-    bundle = Path(bundle)
     manifest = read_manifest(bundle, verify=True)
     if manifest.llm.embeddings != "host":
         raise ConfigError(f"{bundle} was exported with --embeddings graph; TensorRT engines expect --embeddings host")
@@ -80,9 +94,9 @@ def build_engines(bundle: str | Path, cfg: EngineConfig = EngineConfig(), comman
     cudart_module()  # fail early with the install hint
     cc, device_name = device_facts(cfg.device)
     logger = trt.Logger(trt.Logger.INFO)
-    out_dir = bundle / "engines"
-    out_dir.mkdir(exist_ok=True)
-    cache_path = out_dir / "timing.cache"
+    cache_path = staging / "timing.cache"
+    if (bundle / "engines" / "timing.cache").is_file():  # earlier builds on this device make this one fast
+        shutil.copy2(bundle / "engines" / "timing.cache", cache_path)
     config_h = manifest.vla_config()
     P, H, S = config_h.num_patches, config_h.llm.hidden_size, manifest.llm.max_seq_len
     engines = {}
@@ -121,16 +135,20 @@ def build_engines(bundle: str | Path, cfg: EngineConfig = EngineConfig(), comman
         if serialized is None:
             raise BackendError(f"TensorRT failed to build the {name} engine (see the TensorRT log above)")
         rel = f"engines/{name}.plan"
-        (bundle / rel).write_bytes(bytes(serialized))
+        (staging / f"{name}.plan").write_bytes(bytes(serialized))
         cache_path.write_bytes(bytes(bconf.get_timing_cache().serialize()))
         engines[name] = EngineSpec(file=rel, graph=name, tensorrt_version=trt.__version__, compute_capability=cc,
                                    device_name=device_name, precision=cfg.precision,
                                    timing_cache="engines/timing.cache")
-        log.info("built %s in %.1f s (%.1f MiB)", rel, time.perf_counter() - start, (bundle / rel).stat().st_size / 2**20)
+        log.info("built %s in %.1f s (%.1f MiB)", rel, time.perf_counter() - start,
+                 (staging / f"{name}.plan").stat().st_size / 2**20)
     record = stage_record("engine", cfg, command or f"rlrc-export engine --bundle {bundle} --precision {cfg.precision}",
                           device=device_name, compute_capability=cc, tensorrt=trt.__version__)
     new = dataclasses.replace(manifest, engines=engines, stages=(*manifest.stages, record),
                               versions={**manifest.versions, "tensorrt": trt.__version__}, created=now_iso())
+    if (bundle / "engines").exists():
+        shutil.rmtree(bundle / "engines")
+    os.replace(staging, bundle / "engines")
     write_manifest(bundle, new)
     return bundle
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from export.model import LlamaDecoderLayer, OpenVLA, rotate_half
-from rlrc_runtime.errors import ConfigError, RLRCError
+from rlrc_runtime.errors import CheckpointError, ConfigError, NonFiniteOutputError, RLRCError
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, cfg: OnnxExportConfig =
     """Checkpoint directory -> bundle directory (three graphs, tokenizer, manifest). Returns ``out``."""
     import onnx
 
-    from export.bundle import (copy_tokenizer_files, graph_spec, prepare_out, save_graphs, stage_record,
+    from export.bundle import (abandon_out, copy_tokenizer_files, graph_spec, prepare_out, save_graphs, stage_record,
                                tool_versions, write_bundle)
     from export.checkpoint import load_model
     from rlrc_runtime.checkpoint import image_stats
@@ -353,6 +353,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, cfg: OnnxExportConfig =
 
     checkpoint, out = Path(checkpoint), Path(out)
     model, info = load_model(checkpoint, dtype="float16" if cfg.precision == "fp16" else "float32")
+    require_finite_weights(model, checkpoint)
     config = info.config
     tmp = prepare_out(out, overwrite)
     try:
@@ -404,9 +405,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, cfg: OnnxExportConfig =
             manifest = _with_stage_facts(manifest, check=errors)
         out = write_bundle(tmp, out, manifest)
     except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        abandon_out(tmp, out)
         raise
     log.info("wrote bundle %s (%s, embeddings on the %s, %s head, S_max %d)", out, cfg.precision, cfg.embeddings,
              cfg.head, exported["max_seq_len"])
@@ -419,6 +418,17 @@ def _with_stage_facts(manifest: Any, **facts: Any) -> Any:
     stages = list(manifest.stages)
     stages[-1] = {**stages[-1], **facts}
     return dataclasses.replace(manifest, stages=tuple(stages))
+
+
+def require_finite_weights(model: nn.Module, checkpoint: Path) -> None:
+    """Refuse to export a model with a NaN or Inf weight: every action it produced would be unsafe."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{checkpoint}: weight {name} holds {bad} NaN/Inf values of {tensor.numel()}; the checkpoint is "
+                "damaged (a diverged training run or a corrupted copy). Export a checkpoint that trained cleanly"
+            )
 
 
 def check_against_torch(model: OpenVLA, bundle: Path, manifest: Any, seed: int = 0) -> dict[str, float | bool]:
@@ -435,7 +445,10 @@ def check_against_torch(model: OpenVLA, bundle: Path, manifest: Any, seed: int =
         pixels = rng.standard_normal((1, 3 * len(c.towers), c.image_size, c.image_size)).astype(np.float32)
         ids = np.concatenate([[1], rng.integers(100, 31000, 20), [29871]]).astype(np.int64)
         patches = backend.encode_image(pixels)
-        tokens = backend.generate(patches, ids, 7)
+        try:
+            tokens = backend.generate(patches, ids, 7)
+        except NonFiniteOutputError as exc:
+            raise CheckpointError(f"refusing to write the bundle: the exported graphs produce NaN/Inf ({exc})") from exc
         with torch.inference_mode():
             ref_patches = model.embed_image(torch.from_numpy(pixels))
             ref_tokens = model.generate(ref_patches, torch.from_numpy(ids)[None], 7)[0].numpy()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.bundle import (copy_bundle_except, graph_spec, prepare_out, save_graphs, stage_record,
+from export.bundle import (abandon_out, copy_bundle_except, graph_spec, prepare_out, save_graphs, stage_record,
                            tool_versions, write_bundle)
 from rlrc_runtime.embeddings import dequantize_rows, quantize_rows
 from rlrc_runtime.errors import ConfigError
@@ -194,9 +194,7 @@ def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, ov
                                   versions={**manifest.versions, **tool_versions()})
         out = write_bundle(tmp, out, new)
     except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        abandon_out(tmp, out)
         raise
     before = sum(manifest.graphs[n].weight_bytes for n in LLM_GRAPHS) // 2
     after = sum(specs[n].weight_bytes for n in LLM_GRAPHS) // 2

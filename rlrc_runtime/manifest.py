@@ -11,9 +11,18 @@ A bundle is one self-describing directory (design.md §2)::
     embed_tokens.npy       [vocab, hidden] text embeddings, when they are looked up on the host
     engines/*.plan         TensorRT engines (built on the target by `rlrc-export engine`)
 
-Torch-free: the runtime reads it on the robot. Loading verifies the sha256 of every listed file,
-and, for engines, the TensorRT version and the GPU compute capability they were built for; a
-mismatch is an error that says how to rebuild.
+Torch-free: the runtime reads it on the robot. Loading verifies, before anything is used:
+
+- ``manifest.sha256`` (beside it): the sha256 of manifest.json itself, so an edit to any fact in
+  it (norm_stats included) is refused; the digest is also the bundle's id in the ROS node's
+  diagnostics, so a deployment can pin the exact bundle it was tested with;
+- every path the manifest names is relative and stays inside the bundle (no absolute paths, no
+  ``..``, no symlink that leads out), and every file a backend opens is listed in ``files``;
+- every file of the bundle is listed, and its sha256 matches (a dropped entry does not let an
+  edited file through);
+- for engines, the TensorRT version and the GPU compute capability they were built for.
+
+A mismatch is an error that says how to rebuild.
 """
 from __future__ import annotations
 
@@ -31,6 +40,9 @@ from rlrc_runtime.errors import CheckpointError, ConfigError, MissingFileError
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+MANIFEST_HASH_FILE = "manifest.sha256"
+RUNTIME_CACHE_DIRS = ("ort_trt_cache",)
+"""Directories a runtime writes into a bundle (onnxruntime's TensorRT engine cache); not hashed."""
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 HASH_CHUNK = 8 * 1024 * 1024
@@ -179,11 +191,28 @@ class Manifest:
         missing = {"vision", "prefill", "decode"} - set(self.graphs)
         if missing:
             raise ConfigError(f"manifest graphs lack {sorted(missing)}; a bundle has vision, prefill and decode graphs")
+        for rel, where in {**{f: "files" for f in self.files}, **self.referenced_files()}.items():
+            check_relative(rel, where)
 
     @property
     def precision(self) -> str:
         """The LLM graphs' precision (what `rlrc-export quantize` changes)."""
         return self.graphs["prefill"].precision
+
+    def referenced_files(self) -> dict[str, str]:
+        """Every file a backend opens, by relative path -> what names it."""
+        out: dict[str, str] = {}
+        for name, g in self.graphs.items():
+            out[g.file] = f"graphs.{name}.file"
+            out.update({d: f"graphs.{name}.data_files" for d in g.data_files})
+        for key in ("embed_file", "embed_scale_file"):
+            if getattr(self.llm, key):
+                out[getattr(self.llm, key)] = f"llm.{key}"
+        for name, e in self.engines.items():
+            out[e.file] = f"engines.{name}.file"
+            if e.timing_cache:
+                out[e.timing_cache] = f"engines.{name}.timing_cache"
+        return out
 
     def vla_config(self) -> VLAConfig:
         return VLAConfig.from_hf_dict({**self.model_config, "norm_stats": self.norm_stats}, source=MANIFEST_FILE)
@@ -198,8 +227,12 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = MANIFEST_FILE) -> "Manifest":
+        if not isinstance(raw, Mapping):
+            raise BundleError(f"{source} holds a JSON {type(raw).__name__}, not an object; {rebuild_hint(None)}")
         try:
-            version = int(raw.get("format_version", 0))
+            version = raw.get("format_version", 0)
+            if type(version) is not int:
+                raise BundleError(f"{source}: format_version={version!r} is not an integer; {rebuild_hint(None)}")
             if version != FORMAT_VERSION:
                 raise BundleError(
                     f"{source}: format_version={version}, this rlrc_runtime reads version {FORMAT_VERSION}; "
@@ -233,7 +266,9 @@ class Manifest:
                 created=str(raw.get("created", "")),
                 format_version=version,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
             raise BundleError(
                 f"{source} is malformed ({type(exc).__name__}: {exc}); it was not written by rlrc-export or was "
                 "edited by hand. Re-export the bundle (rlrc-export pipeline --checkpoint CKPT --out BUNDLE)"
@@ -262,22 +297,69 @@ def rebuild_hint(manifest: Manifest | None) -> str:
     return "rebuild it with: rlrc-export pipeline --checkpoint CKPT --out BUNDLE"
 
 
+def check_relative(rel: str, where: str) -> None:
+    """Raise BundleError unless ``rel`` is a plain relative path inside the bundle."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel:
+        raise BundleError(
+            f"manifest.json {where} names {rel!r}: bundle paths must be relative and stay inside the bundle (no "
+            f"absolute paths, no '..'); the manifest was edited or forged. {rebuild_hint(None)}"
+        )
+
+
+def _bundle_files(bundle: Path) -> list[str]:
+    """Relative paths of the files a manifest must list (all but the manifest, its hash and runtime caches)."""
+    out = []
+    for p in sorted(bundle.rglob("*")):
+        rel = p.relative_to(bundle)
+        if rel.parts[0] in RUNTIME_CACHE_DIRS or rel.as_posix() in (MANIFEST_FILE, MANIFEST_HASH_FILE):
+            continue
+        if p.is_file() or p.is_symlink():
+            out.append(rel.as_posix())
+    return out
+
+
 def verify_files(bundle: Path, manifest: Manifest) -> None:
-    """Raise MissingFileError / ChecksumError unless every listed file is present and intact."""
+    """Raise MissingFileError / ChecksumError / BundleError unless every file of the bundle is listed,
+    present, inside the bundle and intact, and every file the manifest names is among them."""
+    fix = rebuild_hint(manifest)
+    for rel, where in sorted(manifest.referenced_files().items()):
+        if rel not in manifest.files:
+            raise BundleError(f"{bundle / rel} ({where}) is not listed in manifest.json files, so it cannot be "
+                              f"verified; the manifest was edited. {fix}")
+    unlisted = sorted(set(_bundle_files(bundle)) - set(manifest.files))
+    if unlisted:
+        raise BundleError(f"{bundle} holds files that manifest.json does not list: {unlisted}; they were added or "
+                          f"their entries removed after export. Remove them, or {fix}")
+    root = bundle.resolve()
     for rel, digest in sorted(manifest.files.items()):
         path = bundle / rel
+        if not path.resolve().is_relative_to(root):
+            raise BundleError(f"bundle file {path} leads outside the bundle (to {path.resolve()}); {fix}")
         if not path.is_file():
-            raise MissingFileError(f"bundle file {path} is missing (listed in {bundle / MANIFEST_FILE}); {rebuild_hint(manifest)}")
+            raise MissingFileError(f"bundle file {path} is missing (listed in {bundle / MANIFEST_FILE}); {fix}")
         actual = sha256_file(path)
         if actual != digest:
             raise ChecksumError(
                 f"bundle file {path}: sha256 {actual[:16]}… differs from {digest[:16]}… recorded in manifest.json; "
-                f"the file was modified or damaged after export. Copy the bundle again, or {rebuild_hint(manifest)}"
+                f"the file was modified or damaged after export. Copy the bundle again, or {fix}"
             )
 
 
+def _verify_manifest_hash(bundle: Path, text: bytes) -> None:
+    hpath = bundle / MANIFEST_HASH_FILE
+    if not hpath.is_file():
+        raise MissingFileError(f"{hpath} is missing, so manifest.json cannot be verified; copy the whole bundle "
+                               f"directory, or {rebuild_hint(None)}")
+    recorded = hpath.read_text().split()[0] if hpath.read_text().split() else ""
+    actual = hashlib.sha256(text).hexdigest()
+    if actual != recorded:
+        raise ChecksumError(f"{bundle / MANIFEST_FILE}: sha256 {actual[:16]}… differs from {recorded[:16]}… in "
+                            f"{MANIFEST_HASH_FILE}; manifest.json was edited after export (norm_stats, paths or "
+                            f"checksums). Copy the bundle again, or {rebuild_hint(None)}")
+
+
 def read_manifest(path: str | Path, verify: bool = True) -> Manifest:
-    """Read (and by default verify the checksums of) a bundle's manifest.json."""
+    """Read (and by default verify: its own hash, every file's listing and sha256) a bundle's manifest.json."""
     bundle = Path(path)
     mpath = bundle / MANIFEST_FILE
     if not mpath.is_file():
@@ -285,9 +367,12 @@ def read_manifest(path: str | Path, verify: bool = True) -> Manifest:
             f"{bundle} has no {MANIFEST_FILE}, so it is not a bundle; export one with "
             "`rlrc-export pipeline --checkpoint CKPT --out BUNDLE`"
         )
+    text = mpath.read_bytes()
+    if verify:
+        _verify_manifest_hash(bundle, text)
     try:
-        raw = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath} is not valid JSON ({exc}); the file is damaged. {rebuild_hint(None)}") from exc
     manifest = Manifest.from_dict(raw, source=str(mpath))
     if verify:
@@ -296,20 +381,16 @@ def read_manifest(path: str | Path, verify: bool = True) -> Manifest:
 
 
 def write_manifest(bundle: str | Path, manifest: Manifest, hash_files: bool = True) -> Manifest:
-    """Hash every file under ``bundle`` (except the manifest) into ``manifest.files`` and write it."""
+    """Hash every file under ``bundle`` into ``manifest.files``, write manifest.json and its hash."""
     bundle = Path(bundle)
     if hash_files:
-        files = {
-            p.relative_to(bundle).as_posix(): sha256_file(p)
-            for p in sorted(bundle.rglob("*"))
-            if p.is_file() and p.name != MANIFEST_FILE
-        }
-        manifest = dataclasses.replace(manifest, files=files)
-    for name, g in manifest.graphs.items():
-        for rel in (g.file, *g.data_files):
-            if rel not in manifest.files:
-                raise BundleError(f"graph {name!r} names {rel}, which is not a file of {bundle}")
-    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        manifest = dataclasses.replace(manifest, files={rel: sha256_file(bundle / rel) for rel in _bundle_files(bundle)})
+    for rel, where in manifest.referenced_files().items():
+        if rel not in manifest.files:
+            raise BundleError(f"manifest {where} names {rel}, which is not a file of {bundle}")
+    text = (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()
+    (bundle / MANIFEST_FILE).write_bytes(text)
+    (bundle / MANIFEST_HASH_FILE).write_text(f"{hashlib.sha256(text).hexdigest()}  {MANIFEST_FILE}\n")
     log.info("wrote %s (%d files)", bundle / MANIFEST_FILE, len(manifest.files))
     return manifest
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from rlrc_runtime.config import VLAConfig
+from rlrc_runtime.errors import NonFiniteOutputError
 
 
 class Backend(abc.ABC):
@@ -50,3 +51,18 @@ class Backend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for logs and diagnostics (backend name, device, dtype)."""
         return {"backend": self.name, "device": self.device, "dtype": self.dtype}
+
+
+def require_finite(values: np.ndarray, what: str) -> None:
+    """Raise NonFiniteOutputError when ``values`` holds NaN or Inf.
+
+    An argmax over NaN logits still returns a token (id 0, which decodes to a full-scale action),
+    so every backend checks the logits of every generated token before trusting the argmax.
+    """
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise NonFiniteOutputError(
+            f"{what}: {int(finite.size - finite.sum())} of {finite.size} values are NaN or Inf, so this step has no "
+            "safe action; the model's weights or its input are damaged (re-export the bundle from a checkpoint "
+            "that passes `rlrc-predict`)"
+        )

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from rlrc_runtime.backends.base import Backend
+from rlrc_runtime.backends.base import Backend, require_finite
 from rlrc_runtime.config import VLAConfig
 from rlrc_runtime.embeddings import EmbeddingTable
 from rlrc_runtime.errors import BackendError, InputError
@@ -164,6 +164,7 @@ class OnnxRuntimeBackend(Backend):
         out = self.sessions["prefill"].run(None, feeds)
         for buf, present in zip(self.cache, out[2:]):  # present [1, Hkv, T, D]
             buf[:, :, :length] = present
+        require_finite(out[1], f"{self.manifest.graphs['prefill'].file} logits")
         token = int(out[0][0])
         tokens = [token]
         logits.append(out[1])
@@ -183,6 +184,7 @@ class OnnxRuntimeBackend(Backend):
             out = decode.run(None, feeds)
             for buf, new in zip(self.cache, out[2:]):  # new [1, Hkv, 1, D]
                 buf[:, :, pos : pos + 1] = new
+            require_finite(out[1], f"{self.manifest.graphs['decode'].file} logits (token {step + 1})")
             token = int(out[0][0])
             tokens.append(token)
             logits.append(out[1])

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rlrc_runtime.backends.base import Backend
+from rlrc_runtime.backends.base import Backend, require_finite
 from rlrc_runtime.config import VLAConfig
 from rlrc_runtime.embeddings import EmbeddingTable
 from rlrc_runtime.errors import BackendError, InputError
@@ -157,6 +157,7 @@ class TensorRTBackend(Backend):
                 sizes[f"present_{t}_{i}"] = kv * S * llm.head_dim * itemsize
                 sizes[f"new_{t}_{i}"] = kv * llm.head_dim * itemsize
         self._bufs = {k: _DeviceBuffer(self.cudart, n) for k, n in sizes.items()}
+        self._logits_host = np.empty((1, int(vocab_out)), np.float32)  # checked for NaN/Inf every token
         b = {k: v.ptr for k, v in self._bufs.items()}
         ctx = self.contexts
         ctx["vision"].set_tensor_address("pixel_values", b["pixel_values"])
@@ -275,8 +276,11 @@ class TensorRTBackend(Backend):
         self._rows_to_cache("present_", 0, length)
         token = np.zeros(1, np.int64)
         self._d2h(token, self._bufs["token"].ptr)
+        self._d2h(self._logits_host, self._bufs["logits"].ptr)
         self._sync()
+        require_finite(self._logits_host, "prefill engine logits")
         tokens = [int(token[0])]
+        logits = [self._logits_host.copy()]
         timings["prefill"] = (time.perf_counter() - start) * 1e3
         position = np.zeros(1, np.int64)
         for step in range(1, max_new_tokens):
@@ -288,10 +292,14 @@ class TensorRTBackend(Backend):
             self._decode_launch()
             self._rows_to_cache("new_", pos, 1)
             self._d2h(token, self._bufs["token"].ptr)
+            self._d2h(self._logits_host, self._bufs["logits"].ptr)
             self._sync()
+            require_finite(self._logits_host, f"decode engine logits (token {step + 1})")
             tokens.append(int(token[0]))
+            logits.append(self._logits_host.copy())
             timings[f"decode_{step}"] = (time.perf_counter() - start) * 1e3
         self.step_timings_ms = timings
+        self.last_logits = logits
         return np.asarray(tokens, np.int64)
 
     def describe(self) -> dict[str, Any]:

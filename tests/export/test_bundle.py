@@ -71,7 +71,7 @@ def test_pipeline_prunes_before_export(tiny_ckpt, tmp_path, capsys):
     # tiny: 4 layers, first and last kept whole; the middle two lose half their KV groups.
     assert cfg.num_key_value_heads[0] == 2 and cfg.num_key_value_heads[-1] == 2
     assert cfg.num_key_value_heads[1] == 1 and cfg.intermediate_size[1] < cfg.intermediate_size[0]
-    assert (tmp_path / "pruned_bundle.stages" / "pruned_0.5" / "prune_report.json").exists()
+    assert len(list((tmp_path / "pruned_bundle.stages").glob("pruned_0.5_*/prune_report.json"))) == 1
     from rlrc_runtime.policy import load_policy
     import numpy as np
 

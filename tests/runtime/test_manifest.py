@@ -12,7 +12,7 @@ import rlrc_runtime as r
 from export.onnx_export import OnnxExportConfig, export_onnx
 from rlrc_runtime.errors import MissingFileError
 from rlrc_runtime.manifest import (
-    MANIFEST_FILE, BundleError, ChecksumError, EngineMismatchError, EngineSpec, Manifest, check_engine,
+    MANIFEST_FILE, MANIFEST_HASH_FILE, BundleError, ChecksumError, EngineMismatchError, EngineSpec, Manifest, check_engine,
     read_manifest, sha256_file,
 )
 
@@ -32,7 +32,7 @@ def bundle_copy(bundle, tmp_path):
 
 def test_every_file_is_hashed_and_the_schema_round_trips(bundle):
     m = read_manifest(bundle)
-    files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {MANIFEST_FILE}
+    files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {MANIFEST_FILE, MANIFEST_HASH_FILE}
     assert set(m.files) == files
     assert {"tokenizer.json", "vision.onnx", "prefill.onnx", "decode.onnx", "llm.onnx.data", "embed_tokens.npy"} <= files
     assert all(m.files[f] == sha256_file(bundle / f) for f in files)
