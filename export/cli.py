@@ -22,6 +22,7 @@ class MakeTinyArgs:
     seed: int = field(default=0, metadata={"help": "random seed of the weights"})
     dtype: str = field(default="float32", metadata={"help": "stored dtype", "choices": ["float32", "bfloat16", "float16"]})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing checkpoint at --out"})
+    action_chunk: int = field(default=1, metadata={"help": "actions per pass; > 1 makes a parallel-decoding model"})
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class InspectArgs:
 def cmd_make_tiny(args: MakeTinyArgs) -> None:
     from export.tiny import make_tiny, parameter_summary, preset_config, get_preset
 
-    out = make_tiny(args.out, preset=args.preset, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite)
+    out = make_tiny(args.out, preset=args.preset, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite,
+                    action_chunk=args.action_chunk)
     counts = parameter_summary(preset_config(get_preset(args.preset)))
     print(f"wrote {out} (preset {args.preset!r}: {counts['total'] / 1e6:.2f} M parameters, "
           f"LLM {counts['llm'] / 1e6:.2f} M)")

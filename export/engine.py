@@ -79,6 +79,9 @@ def _build_engines(bundle: Path, cfg: EngineConfig, command: str | None, staging
     from rlrc_runtime.backends.tensorrt import cudart_module, device_facts
 
     manifest = read_manifest(bundle, verify=True)
+    if manifest.llm.decoding == "parallel":
+        raise ConfigError(f"{bundle} decodes action chunks in parallel; its chunk graph runs in ONNX Runtime's TensorRT "
+                          "execution provider (backend 'onnxruntime', device 'tensorrt'), not as rlrc engines")
     if manifest.llm.embeddings != "host":
         raise ConfigError(f"{bundle} was exported with --embeddings graph; TensorRT engines expect --embeddings host")
     import onnx

@@ -130,16 +130,20 @@ class _LLMGraph(nn.Module):
         return token, logits
 
 
+    def prompt_embeds(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The graph's inputs -> embeddings of ``[BOS, patches, prompt]`` [1, T, hidden]."""
+        if not self.embeddings_in_graph:
+            return inputs[0]  # [1, T, hidden]
+        input_ids, patches = inputs  # [1, T_ids] int64, [1, P, hidden]
+        tok = self.embed_tokens(input_ids)
+        return torch.cat([tok[:, :1], patches.to(tok.dtype), tok[:, 1:]], dim=1)
+
+
 class PrefillGraph(_LLMGraph):
     """[BOS, patches, prompt] -> first token, logits, present keys/values of every cached layer."""
 
     def forward(self, *inputs: torch.Tensor):
-        if self.embeddings_in_graph:
-            input_ids, patches = inputs  # [1, T_ids] int64, [1, P, hidden]
-            tok = self.embed_tokens(input_ids)
-            x = torch.cat([tok[:, :1], patches.to(tok.dtype), tok[:, 1:]], dim=1)  # [1, T, hidden]
-        else:
-            (x,) = inputs  # [1, T, hidden]
+        x = self.prompt_embeds(inputs)
         t = x.shape[1]
         positions = torch.arange(t, device=x.device)
         cos, sin = self.rope(positions, x.dtype)
@@ -189,6 +193,38 @@ class DecodeGraph(_LLMGraph):
             x = self.mlp(layer, x)
         token, logits = self.head(x[:, -1:])
         return (token, logits, *news)
+
+
+class ChunkGraph(_LLMGraph):
+    """Parallel decoding (OpenVLA-OFT): [BOS, patches, prompt] + ``n_tokens`` empty slots -> every
+    action token of the chunk (tokens [1, N] int64, logits [1, N, V'] float32) from one pass.
+
+    The slots are zero embeddings at positions T .. T + N - 1; the prompt is causal, the slots see
+    the whole prompt and each other (``export.model.parallel_mask``). No cache: nothing follows.
+    """
+
+    def __init__(self, model: OpenVLA, action_head: bool, embeddings_in_graph: bool, n_tokens: int) -> None:
+        super().__init__(model, action_head, embeddings_in_graph)
+        self.n_tokens = n_tokens
+
+    def forward(self, *inputs: torch.Tensor):
+        prompt = self.prompt_embeds(inputs)
+        t, n = prompt.shape[1], self.n_tokens
+        x = torch.cat([prompt, prompt.new_zeros(1, n, prompt.shape[2])], dim=1)  # [1, T + N, hidden]
+        pos = torch.arange(t + n, device=x.device)
+        cos, sin = self.rope(pos, x.dtype)
+        slots = pos >= t
+        allowed = (pos[:, None] >= pos[None, :]) | (slots[:, None] & slots[None, :])  # [L, L]
+        scale = self.head_dim**-0.5
+        for layer in self.layers:
+            if layer.has_attn:
+                q, k, v = self.qkv(layer, x, cos, sin)
+                scores = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2)).float() * scale  # [1, Hkv, G, L, L]
+                probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1).to(v.dtype)
+                x = self.attn_out(layer, x, torch.matmul(probs, v.unsqueeze(2)))
+            x = self.mlp(layer, x)
+        logits = torch.matmul(self.norm(x[:, t:]), self.lm_head_weight.t()).float()  # [1, N, V']
+        return logits.argmax(dim=-1) + self.head_offset, logits
 
 
 # --------------------------------------------------------------------------- the export stage
@@ -279,15 +315,18 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
 
 
 def _shape_structure(module: nn.Module, shapes: list[Any]) -> tuple:
-    if isinstance(module, PrefillGraph):
+    if isinstance(module, (PrefillGraph, ChunkGraph)):
         return (tuple(shapes),)
     if isinstance(module, DecodeGraph):
         return (shapes[0], shapes[1], tuple(shapes[2:]))
     return tuple(shapes)
 
 
-def export_graphs(model: OpenVLA, cfg: OnnxExportConfig, work: Path) -> dict[str, Any]:
-    """Export vision/prefill/decode into ``work`` -> {'paths', 'max_seq_len', 'cache_layers', ...}."""
+def export_graphs(model: OpenVLA, cfg: OnnxExportConfig, work: Path, chunk_tokens: int = 0) -> dict[str, Any]:
+    """Export vision/prefill/decode (autoregressive) or vision/chunk (``chunk_tokens`` > 0, parallel
+    decoding) into ``work`` -> {'paths', 'max_seq_len', 'cache_layers', 'head_offset'}."""
+    if chunk_tokens:
+        return _export_chunk_graphs(model, cfg, work, chunk_tokens)
     config = model.config
     llm = config.llm
     P, H, D = config.num_patches, llm.hidden_size, llm.head_dim
@@ -339,6 +378,36 @@ def export_graphs(model: OpenVLA, cfg: OnnxExportConfig, work: Path) -> dict[str
             "head_offset": prefill.head_offset}
 
 
+def _export_chunk_graphs(model: OpenVLA, cfg: OnnxExportConfig, work: Path, n_tokens: int) -> dict[str, Any]:
+    """vision + one chunk graph; ``max_seq_len`` bounds the prompt plus the chunk's slots."""
+    config = model.config
+    P, H = config.num_patches, config.llm.hidden_size
+    max_seq_len = cfg.max_seq_len or P + 128
+    if max_seq_len < P + 3 + n_tokens:
+        raise ConfigError(f"max_seq_len={max_seq_len} cannot hold BOS, {P} patches, a prompt and {n_tokens} action "
+                          f"slots; use >= {P + 16 + n_tokens}")
+    in_graph = cfg.embeddings == "graph"
+    chunk = ChunkGraph(model, cfg.head == "action", in_graph, n_tokens).eval()
+    paths = {name: work / f"{name}.onnx" for name in ("vision", "chunk")}
+    gen = torch.Generator().manual_seed(0)
+    t_ids, seq_max = 24, max_seq_len - n_tokens
+    S, C = config.image_size, 3 * len(config.towers)
+    with torch.no_grad():
+        start = time.perf_counter()
+        _export(VisionGraph(model).eval(), (torch.randn(1, C, S, S, generator=gen),), paths["vision"],
+                ["pixel_values"], ["patches"], cfg, {})
+        if in_graph:
+            args = (torch.randint(0, 32000, (1, t_ids), generator=gen), torch.randn(1, P, H, generator=gen).to(model.dtype))
+            names, dyn = ["input_ids", "patches"], {"input_ids": {1: ("ids", 2, seq_max - P)}}
+        else:
+            args = (torch.randn(1, P + t_ids, H, generator=gen).to(model.dtype),)
+            names, dyn = ["inputs_embeds"], {"inputs_embeds": {1: ("seq", P + 2, seq_max)}}
+        _export(chunk, args, paths["chunk"], names, ["tokens", "logits"], cfg, dyn)
+        log.info("exported vision and chunk graphs (%d action tokens per pass) in %.1f s", n_tokens,
+                 time.perf_counter() - start)
+    return {"paths": paths, "max_seq_len": max_seq_len, "cache_layers": [], "head_offset": chunk.head_offset}
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, cfg: OnnxExportConfig = OnnxExportConfig(),
                 overwrite: bool = False, command: str | None = None) -> Path:
     """Checkpoint directory -> bundle directory (three graphs, tokenizer, manifest). Returns ``out``."""
@@ -355,14 +424,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path, cfg: OnnxExportConfig =
     model, info = load_model(checkpoint, dtype="float16" if cfg.precision == "fp16" else "float32")
     require_finite_weights(model, checkpoint)
     config = info.config
+    chunk_tokens = parallel_tokens(config, checkpoint)
     tmp = prepare_out(out, overwrite)
     try:
         with tempfile.TemporaryDirectory() as work_dir:
             work = Path(work_dir)
-            exported = export_graphs(model, cfg, work)
+            exported = export_graphs(model, cfg, work, chunk_tokens)
             graphs = {name: onnx.load(str(p), load_external_data=True) for name, p in exported["paths"].items()}
             vision_bytes = save_graphs(tmp, {"vision": graphs["vision"]}, "vision.onnx.data")
-            llm_bytes = save_graphs(tmp, {"prefill": graphs["prefill"], "decode": graphs["decode"]}, "llm.onnx.data")
+            llm_bytes = save_graphs(tmp, {n: g for n, g in graphs.items() if n != "vision"}, "llm.onnx.data")
         np_dtype = "float16" if cfg.precision == "fp16" else "float32"
         embed_file = None
         if cfg.embeddings == "host":
@@ -375,11 +445,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, cfg: OnnxExportConfig =
         layers = exported["cache_layers"]
         hf = config.to_hf_dict()
         hf.pop("norm_stats", None)
-        specs = {
-            "vision": graph_spec(graphs["vision"], "vision.onnx", cfg.precision, ("vision.onnx.data",), vision_bytes["vision"]),
-            "prefill": graph_spec(graphs["prefill"], "prefill.onnx", cfg.precision, ("llm.onnx.data",), llm_bytes["prefill"]),
-            "decode": graph_spec(graphs["decode"], "decode.onnx", cfg.precision, ("llm.onnx.data",), llm_bytes["decode"]),
-        }
+        specs = {"vision": graph_spec(graphs["vision"], "vision.onnx", cfg.precision, ("vision.onnx.data",),
+                                      vision_bytes["vision"])}
+        specs.update({n: graph_spec(graphs[n], f"{n}.onnx", cfg.precision, ("llm.onnx.data",), b)
+                      for n, b in llm_bytes.items()})
         facts: dict[str, Any] = {"source": str(checkpoint.resolve())}
         manifest = Manifest(
             model_config=hf,
@@ -394,7 +463,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, cfg: OnnxExportConfig =
                 max_seq_len=exported["max_seq_len"], embeddings=cfg.embeddings, head=cfg.head,
                 head_offset=exported["head_offset"], cache_layers=tuple(layers),
                 kv_heads=tuple(config.llm.num_key_value_heads[i] for i in layers), head_dim=config.llm.head_dim,
-                cache_dtype=np_dtype, embed_file=embed_file,
+                cache_dtype=np_dtype, embed_file=embed_file, decoding=config.decoding, chunk_tokens=chunk_tokens,
             ),
             graphs=specs,
             versions=tool_versions(),
@@ -420,6 +489,19 @@ def _with_stage_facts(manifest: Any, **facts: Any) -> Any:
     return dataclasses.replace(manifest, stages=tuple(stages))
 
 
+def parallel_tokens(config: Any, checkpoint: Path) -> int:
+    """Action tokens per pass of a parallel-decoding model (K x action dimensions); 0 if autoregressive."""
+    if config.decoding != "parallel":
+        return 0
+    from rlrc_runtime.action import action_stats
+
+    dims = {action_stats(config.norm_stats, key).action_dim for key in config.norm_stats or {}}
+    if len(dims) != 1:
+        raise ConfigError(f"{checkpoint}: a parallel-decoding bundle fixes its chunk's token count, so its norm_stats "
+                          f"need one action dimension for every dataset; found {sorted(dims) or 'no norm_stats'}")
+    return config.action_chunk * dims.pop()
+
+
 def require_finite_weights(model: nn.Module, checkpoint: Path) -> None:
     """Refuse to export a model with a NaN or Inf weight: every action it produced would be unsafe."""
     for name, tensor in model.state_dict().items():
@@ -429,6 +511,21 @@ def require_finite_weights(model: nn.Module, checkpoint: Path) -> None:
                 f"{checkpoint}: weight {name} holds {bad} NaN/Inf values of {tensor.numel()}; the checkpoint is "
                 "damaged (a diverged training run or a corrupted copy). Export a checkpoint that trained cleanly"
             )
+
+
+def _reference_logits(model: OpenVLA, ids: torch.Tensor, patches: torch.Tensor, chunk_tokens: int) -> np.ndarray:
+    """PyTorch's logits for the first graph's output: the last prompt position [1, vocab], or every
+    slot of a parallel chunk [1, N, vocab]."""
+    from export.model import parallel_mask
+
+    lm = model.language_model
+    embeds = model.multimodal_embeds(ids, patches)
+    if not chunk_tokens:
+        return lm.lm_head(lm.model(embeds)[:, -1]).float().numpy()
+    first = embeds.shape[1]
+    embeds = torch.cat([embeds, embeds.new_zeros(1, chunk_tokens, embeds.shape[2])], dim=1)
+    mask = parallel_mask(torch.tensor([first]), torch.tensor([chunk_tokens]), embeds.shape[1])
+    return lm.lm_head(lm.model(embeds, mask=mask)[:, first:]).float().numpy()
 
 
 def check_against_torch(model: OpenVLA, bundle: Path, manifest: Any, seed: int = 0) -> dict[str, float | bool]:
@@ -445,19 +542,19 @@ def check_against_torch(model: OpenVLA, bundle: Path, manifest: Any, seed: int =
         pixels = rng.standard_normal((1, 3 * len(c.towers), c.image_size, c.image_size)).astype(np.float32)
         ids = np.concatenate([[1], rng.integers(100, 31000, 20), [29871]]).astype(np.int64)
         patches = backend.encode_image(pixels)
+        n = manifest.llm.chunk_tokens or 7
         try:
-            tokens = backend.generate(patches, ids, 7)
+            tokens = backend.generate(patches, ids, n)
         except NonFiniteOutputError as exc:
             raise CheckpointError(f"refusing to write the bundle: the exported graphs produce NaN/Inf ({exc})") from exc
         with torch.inference_mode():
             ref_patches = model.embed_image(torch.from_numpy(pixels))
-            ref_tokens = model.generate(ref_patches, torch.from_numpy(ids)[None], 7)[0].numpy()
-            embeds = model.multimodal_embeds(torch.from_numpy(ids)[None], ref_patches)
-            hidden = model.language_model.model(embeds)
-            ref_logits = model.language_model.lm_head(hidden[:, -1]).float().numpy()  # [1, vocab]
+            generate = model.generate_parallel if manifest.llm.chunk_tokens else model.generate
+            ref_tokens = generate(ref_patches, torch.from_numpy(ids)[None], n)[0].numpy()
+            ref_logits = _reference_logits(model, torch.from_numpy(ids)[None], ref_patches, manifest.llm.chunk_tokens)
         off = manifest.llm.head_offset
         got = backend.last_logits[0]
-        ref_logits = ref_logits[:, off : off + got.shape[-1]]
+        ref_logits = ref_logits[..., off : off + got.shape[-1]]
         out = {
             "vision_max_abs": float(np.abs(patches.astype(np.float32) - ref_patches.float().numpy()).max()),
             "prefill_logits_max_abs": float(np.abs(got - ref_logits).max()),

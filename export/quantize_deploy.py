@@ -35,7 +35,6 @@ from rlrc_runtime.manifest import LLMSpec, read_manifest
 
 log = logging.getLogger(__name__)
 
-LLM_GRAPHS = ("prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -166,14 +165,15 @@ def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, ov
         )
     tmp = prepare_out(out, overwrite)
     try:
-        names = (*LLM_GRAPHS, "vision") if cfg.quantize_vision else LLM_GRAPHS
+        llm_graphs = manifest.llm_graphs
+        names = (*llm_graphs, "vision") if cfg.quantize_vision else llm_graphs
         graphs: dict[str, onnx.ModelProto] = {}
         with tempfile.TemporaryDirectory() as work_dir:
             for name in names:
                 log.info("quantizing %s to %s", manifest.graphs[name].file, cfg.precision)
                 graphs[name] = quantize_graph(bundle / manifest.graphs[name].file, cfg, Path(work_dir))
-        data_files = {n: "llm.onnx.data" for n in LLM_GRAPHS}
-        weight_bytes = save_graphs(tmp, {n: graphs[n] for n in LLM_GRAPHS}, "llm.onnx.data")
+        data_files = {n: "llm.onnx.data" for n in llm_graphs}
+        weight_bytes = save_graphs(tmp, {n: graphs[n] for n in llm_graphs}, "llm.onnx.data")
         if cfg.quantize_vision:
             data_files["vision"] = "vision.onnx.data"
             weight_bytes.update(save_graphs(tmp, {"vision": graphs["vision"]}, "vision.onnx.data"))
@@ -196,8 +196,8 @@ def quantize_bundle(bundle: str | Path, out: str | Path, cfg: QuantizeConfig, ov
     except BaseException:
         abandon_out(tmp, out)
         raise
-    before = sum(manifest.graphs[n].weight_bytes for n in LLM_GRAPHS) // 2
-    after = sum(specs[n].weight_bytes for n in LLM_GRAPHS) // 2
+    before = max(manifest.graphs[n].weight_bytes for n in manifest.llm_graphs)  # one stored copy serves them all
+    after = max(specs[n].weight_bytes for n in manifest.llm_graphs)
     log.info("wrote %s: LLM weights %.1f MiB -> %.1f MiB (%s)", out, before / 2**20, after / 2**20, cfg.precision)
     return out
 

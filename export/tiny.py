@@ -151,9 +151,15 @@ def make_tiny(
     dtype: str = "float32",
     overwrite: bool = False,
     max_shard_bytes: int = 2 * 1024**3,
+    action_chunk: int = 1,
 ) -> Path:
-    """Build, randomly initialise and save a preset checkpoint; returns its directory."""
+    """Build, randomly initialise and save a preset checkpoint; returns its directory.
+
+    ``action_chunk`` K > 1 makes a parallel-decoding model (K actions per pass, OpenVLA-OFT style).
+    """
     config = preset_config(get_preset(preset))
+    if action_chunk > 1:
+        config = config.replace(action_chunk=action_chunk, decoding="parallel")
     model = OpenVLA(config)
     init_weights(model, seed=seed)
     model.to(resolve_dtype(dtype))

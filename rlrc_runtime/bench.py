@@ -111,7 +111,9 @@ def stage_samples(timings: dict[str, float], steps: dict[str, float]) -> dict[st
         "preprocess": [timings["preprocess"]], "vision": [timings["vision"]], "llm": [timings["llm"]],
         "postprocess": [timings["decode"]], "end_to_end": [timings["total"]],
     }
-    if steps:
+    if "chunk" in steps:  # parallel decoding: one pass for every token of the chunk
+        out["chunk"] = [steps["chunk"]]
+    elif steps:
         out["prefill"] = [steps["prefill"]]
         decode = [v for k, v in steps.items() if k.startswith("decode_")]
         out["decode_step"] = decode
@@ -263,23 +265,28 @@ def measure_memcpy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
 
 
 def weight_facts(policy: Any) -> dict[str, Any]:
-    """Weight bytes: stored total and bytes read per action (vision once, prefill once, decode per step)."""
+    """Weight bytes: stored total, and bytes read per inference and per action (vision once; then the
+    chunk graph once, or prefill once and decode per further token)."""
     manifest = getattr(policy.backend, "manifest", None)
-    n_tokens = policy.action_dim()
+    k = policy.action_chunk
+    n_tokens = k * policy.action_dim()
     if manifest is not None:
         g = manifest.graphs
         host = 0
         for f in (manifest.llm.embed_file, manifest.llm.embed_scale_file):
             if f:
                 host += (Path(policy.path) / f).stat().st_size
-        llm = max(g["prefill"].weight_bytes, g["decode"].weight_bytes)  # one stored copy serves both
+        llm = max(g[n].weight_bytes for n in manifest.llm_graphs)  # one stored copy serves them all
+        if manifest.llm.decoding == "parallel":
+            step, per_inference = 0, g["vision"].weight_bytes + g["chunk"].weight_bytes
+        else:
+            step = g["decode"].weight_bytes
+            per_inference = g["vision"].weight_bytes + g["prefill"].weight_bytes + (n_tokens - 1) * step
         return {
             "total_bytes": g["vision"].weight_bytes + llm + host,
             "vision_bytes": g["vision"].weight_bytes, "llm_bytes": llm, "host_embedding_bytes": host,
-            "decode_step_bytes": g["decode"].weight_bytes,
-            "read_per_action_bytes": g["vision"].weight_bytes + g["prefill"].weight_bytes
-            + (n_tokens - 1) * g["decode"].weight_bytes,
-            "precision": manifest.precision,
+            "decode_step_bytes": step, "read_per_inference_bytes": per_inference,
+            "read_per_action_bytes": per_inference / k, "precision": manifest.precision,
         }
     # A checkpoint run by the torch reference: parameters at the compute dtype.
     cfg = policy.config
@@ -288,10 +295,13 @@ def weight_facts(policy: Any) -> dict[str, Any]:
     embed = cfg.llm.vocab_size * cfg.llm.hidden_size
     vision_params = _vision_params(policy.path)
     step = (llm_params - embed) * itemsize  # the embedding table is gathered, not read whole
+    passes = 1 if cfg.decoding == "parallel" else n_tokens
+    per_inference = vision_params * itemsize + passes * step
     return {
         "total_bytes": (vision_params + llm_params) * itemsize, "vision_bytes": vision_params * itemsize,
-        "llm_bytes": llm_params * itemsize, "host_embedding_bytes": 0, "decode_step_bytes": step,
-        "read_per_action_bytes": vision_params * itemsize + n_tokens * step, "precision": policy.backend.dtype,
+        "llm_bytes": llm_params * itemsize, "host_embedding_bytes": 0,
+        "decode_step_bytes": 0 if cfg.decoding == "parallel" else step, "read_per_inference_bytes": per_inference,
+        "read_per_action_bytes": per_inference / k, "precision": policy.backend.dtype,
     }
 
 
@@ -308,17 +318,18 @@ def _vision_params(path: Path) -> int:
 def roofline(weights: dict[str, Any], stages: dict[str, dict[str, float]], bandwidth_gbs: float | None,
              source: str) -> dict[str, Any]:
     out: dict[str, Any] = {"bandwidth_gbs": bandwidth_gbs, "bandwidth_source": source,
+                           "read_per_inference_bytes": weights["read_per_inference_bytes"],
                            "read_per_action_bytes": weights["read_per_action_bytes"],
                            "decode_step_bytes": weights["decode_step_bytes"]}
     if bandwidth_gbs is None:
         out["note"] = "no memory bandwidth known for this device: bound and achieved fraction not reported"
         return out
     bw = bandwidth_gbs * 1e9
-    out["end_to_end_bound_ms"] = weights["read_per_action_bytes"] / bw * 1e3
+    out["end_to_end_bound_ms"] = weights["read_per_inference_bytes"] / bw * 1e3
     out["decode_step_bound_ms"] = weights["decode_step_bytes"] / bw * 1e3
     if "end_to_end" in stages:
         out["end_to_end_achieved_fraction"] = out["end_to_end_bound_ms"] / stages["end_to_end"]["p50"]
-    if "decode_step" in stages:
+    if "decode_step" in stages and weights["decode_step_bytes"]:
         out["decode_step_achieved_fraction"] = out["decode_step_bound_ms"] / stages["decode_step"]["p50"]
     return out
 
@@ -417,8 +428,10 @@ def run_bench(cfg: BenchConfig, image: np.ndarray | None = None) -> dict[str, An
         runs.append({
             "label": label, "path": str(path), "backend": policy.backend.name, "describe": policy.describe(),
             "iters": cfg.iters, "warmup": cfg.warmup, "stages_ms": stages,
-            "actions_per_s": 1e3 / stages["end_to_end"]["p50"],
-            "actions_per_s_mean": 1e3 / stages["end_to_end"]["mean"],
+            "actions_per_inference": policy.action_chunk,
+            "ms_per_inference_p50": stages["end_to_end"]["p50"],
+            "actions_per_s": policy.action_chunk * 1e3 / stages["end_to_end"]["p50"],
+            "actions_per_s_mean": policy.action_chunk * 1e3 / stages["end_to_end"]["mean"],
             "weights": weights, "host_memory": {"load_rss_delta_bytes": rss[label]},
             "roofline": roofline(weights, stages, bw, source),
             "tokens_last": tokens[label][-1] if tokens[label] else None,
@@ -455,9 +468,11 @@ def compare_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {
         "meaning": "compare / bundle, from medians of the same interleaved run; > 1: --bundle is faster or smaller",
         "speedup_p50_end_to_end": stages.get("end_to_end"),
+        "actions_per_s_ratio": ratio(a["actions_per_s"], b["actions_per_s"]),
         "speedup_p50_by_stage": stages,
         "weight_bytes_ratio": ratio(b["weights"]["total_bytes"], a["weights"]["total_bytes"]),
         "weight_read_per_action_ratio": ratio(b["weights"]["read_per_action_bytes"], a["weights"]["read_per_action_bytes"]),
+        "actions_per_s_meaning": "bundle / compare: > 1: --bundle delivers more actions per second",
         "host_memory_ratio": ratio(b["host_memory"]["load_rss_delta_bytes"], a["host_memory"]["load_rss_delta_bytes"]),
         "same_tokens_last_step": a["tokens_last"] == b["tokens_last"],
     }
@@ -466,15 +481,17 @@ def compare_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- output
 
 
-TABLE_STAGES = ("preprocess", "vision", "prefill", "decode_step", "llm", "postprocess", "end_to_end")
+TABLE_STAGES = ("preprocess", "vision", "prefill", "decode_step", "chunk", "llm", "postprocess", "end_to_end")
 
 
 def format_table(report: dict[str, Any]) -> str:
     lines = []
     for run in report["runs"]:
         w = run["weights"]
+        per = (f"{run['actions_per_inference']} actions per {run['ms_per_inference_p50']:.1f} ms inference, "
+               if run.get("actions_per_inference", 1) > 1 else "")
         lines.append(f"{run['label']}: {run['path']}  [{run['backend']}, {w['precision']}]  "
-                     f"{run['actions_per_s']:.2f} actions/s  weights {w['total_bytes'] / 2**20:.1f} MiB")
+                     f"{per}{run['actions_per_s']:.2f} actions/s  weights {w['total_bytes'] / 2**20:.1f} MiB")
         lines.append(f"  {'stage (ms)':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}")
         for s in TABLE_STAGES:
             st = run["stages_ms"].get(s)
@@ -491,7 +508,8 @@ def format_table(report: dict[str, Any]) -> str:
     if "ratios" in report:
         r = report["ratios"]
         lines.append("ratios (compare / bundle, interleaved in one process):")
-        lines.append(f"  end-to-end p50 speed-up {r['speedup_p50_end_to_end']:.2f}x, weights {r['weight_bytes_ratio']:.2f}x smaller, "
+        lines.append(f"  actions per second {r['actions_per_s_ratio']:.2f}x (bundle / compare), "
+                     f"end-to-end p50 speed-up {r['speedup_p50_end_to_end']:.2f}x, weights {r['weight_bytes_ratio']:.2f}x smaller, "
                      f"host memory ratio {r['host_memory_ratio'] if r['host_memory_ratio'] is None else round(r['host_memory_ratio'], 2)}")
     la = report["load_average"]
     lines.append(f"machine: {report['machine']['cpu']} ({report['machine']['cores']} cores); load average "

@@ -140,6 +140,10 @@ class LLMSpec:
     """Storage of the host table: 'none', 'int8' or 'int4' (per-row scales; rlrc_runtime.embeddings)."""
     embed_scale_file: str | None = None
     """float32 [vocab] row scales of a quantized host table."""
+    decoding: str = "autoregressive"
+    """'autoregressive' (prefill + decode graphs, one token per pass) or 'parallel' (one chunk graph)."""
+    chunk_tokens: int = 0
+    """Action tokens the chunk graph emits per pass (K x action dimensions), with decoding='parallel'."""
 
     def __post_init__(self) -> None:
         if self.embeddings not in ("host", "graph"):
@@ -152,6 +156,11 @@ class LLMSpec:
             raise ConfigError(f"llm.embed_quant={self.embed_quant!r}; expected 'none', 'int8' or 'int4'")
         if self.embed_quant != "none" and not self.embed_scale_file:
             raise ConfigError(f"llm.embed_quant={self.embed_quant!r} needs llm.embed_scale_file (the row scales)")
+        if self.decoding not in ("autoregressive", "parallel"):
+            raise ConfigError(f"llm.decoding={self.decoding!r}; expected 'autoregressive' or 'parallel'")
+        if (self.decoding == "parallel") != (self.chunk_tokens > 0):
+            raise ConfigError(f"llm.chunk_tokens={self.chunk_tokens} with llm.decoding={self.decoding!r}: a parallel "
+                              "bundle emits chunk_tokens > 0 tokens per pass, an autoregressive one has none")
         if len(self.cache_layers) != len(self.kv_heads):
             raise ConfigError(f"llm.cache_layers {self.cache_layers} and llm.kv_heads {self.kv_heads} differ in length")
 
@@ -173,7 +182,7 @@ class Manifest:
     llm: LLMSpec
     """Cache and embedding layout."""
     graphs: dict[str, GraphSpec]
-    """'vision', 'prefill', 'decode'."""
+    """'vision' and the LLM graphs: 'prefill' + 'decode' (autoregressive) or 'chunk' (parallel)."""
     engines: dict[str, EngineSpec] = field(default_factory=dict)
     """TensorRT engines by graph name (empty until `rlrc-export engine` runs on the target)."""
     files: dict[str, str] = field(default_factory=dict)
@@ -188,16 +197,22 @@ class Manifest:
     """Schema version of this file."""
 
     def __post_init__(self) -> None:
-        missing = {"vision", "prefill", "decode"} - set(self.graphs)
-        if missing:
-            raise ConfigError(f"manifest graphs lack {sorted(missing)}; a bundle has vision, prefill and decode graphs")
+        want = {"vision", *self.llm_graphs}
+        if set(self.graphs) != want:
+            raise ConfigError(f"manifest graphs are {sorted(self.graphs)}; a bundle with {self.llm.decoding} decoding "
+                              f"has {sorted(want)}")
         for rel, where in {**{f: "files" for f in self.files}, **self.referenced_files()}.items():
             check_relative(rel, where)
 
     @property
+    def llm_graphs(self) -> tuple[str, ...]:
+        """Names of the graphs that hold the LLM weights (stored once, in llm.onnx.data)."""
+        return ("chunk",) if self.llm.decoding == "parallel" else ("prefill", "decode")
+
+    @property
     def precision(self) -> str:
         """The LLM graphs' precision (what `rlrc-export quantize` changes)."""
-        return self.graphs["prefill"].precision
+        return self.graphs[self.llm_graphs[0]].precision
 
     def referenced_files(self) -> dict[str, str]:
         """Every file a backend opens, by relative path -> what names it."""

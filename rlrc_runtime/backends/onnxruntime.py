@@ -103,7 +103,7 @@ class OnnxRuntimeBackend(Backend):
             self.providers = [(n, {**o, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                                    "trt_timing_cache_enable": True}) if n == "TensorrtExecutionProvider" else (n, o)
                               for n, o in (p if isinstance(p, tuple) else (p, {}) for p in self.providers)]
-        for name in ("vision", "prefill", "decode"):
+        for name in ("vision", *m.llm_graphs):
             spec = m.graphs[name]
             start = time.perf_counter()
             try:
@@ -120,7 +120,7 @@ class OnnxRuntimeBackend(Backend):
         llm = m.llm
         dtype = np.dtype(llm.cache_dtype)
         self.cache = [np.zeros((1, kv, llm.max_seq_len, llm.head_dim), dtype) for kv in llm.kv_heads for _ in "kv"]
-        self._past_names = [t.name for t in m.graphs["decode"].inputs[2:]]
+        self._past_names = [t.name for t in m.graphs["decode"].inputs[2:]] if "decode" in m.graphs else []
         if llm.embeddings == "host":
             self.embed_table = EmbeddingTable.open(self.path, llm)  # [vocab, hidden] rows on demand
         super().activate()
@@ -141,6 +141,14 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"pixel_values has shape {pixel_values.shape}; the vision graph expects {want}")
         return self.sessions["vision"].run(["patches"], {"pixel_values": pixel_values})[0]
 
+    def _prompt_feeds(self, ids: np.ndarray, patches: np.ndarray) -> dict[str, np.ndarray]:
+        """The first LLM graph's inputs: embeddings of [BOS, patches, prompt], or ids + patches."""
+        if self.manifest.llm.embeddings != "host":
+            return {"input_ids": ids[None], "patches": patches}
+        tok = self.embed_table[ids]  # [T_ids, hidden]
+        embeds = np.concatenate([tok[:1], patches[0].astype(tok.dtype), tok[1:]])[None]  # [1, T, hidden]
+        return {"inputs_embeds": np.ascontiguousarray(embeds)}
+
     def generate(self, patch_embeddings: np.ndarray, input_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
         """Greedy: patches [1, P, hidden] + ids [T_ids] -> new ids [max_new_tokens] int64."""
         llm = self.manifest.llm
@@ -152,16 +160,12 @@ class OnnxRuntimeBackend(Backend):
                 f"the prompt needs {length} positions plus {max_new_tokens - 1} generated ones, but this bundle's cache "
                 f"holds max_seq_len={llm.max_seq_len}; shorten the instruction or re-export with a larger --max-seq-len"
             )
+        if llm.decoding == "parallel":
+            return self._generate_chunk(ids, patches, max_new_tokens)
         timings: dict[str, float] = {}
         logits: list[np.ndarray] = []
         start = time.perf_counter()
-        if llm.embeddings == "host":
-            tok = self.embed_table[ids]  # [T_ids, hidden]
-            embeds = np.concatenate([tok[:1], patches[0].astype(tok.dtype), tok[1:]])[None]  # [1, T, hidden]
-            feeds = {"inputs_embeds": np.ascontiguousarray(embeds)}
-        else:
-            feeds = {"input_ids": ids[None], "patches": patches}
-        out = self.sessions["prefill"].run(None, feeds)
+        out = self.sessions["prefill"].run(None, self._prompt_feeds(ids, patches))
         for buf, present in zip(self.cache, out[2:]):  # present [1, Hkv, T, D]
             buf[:, :, :length] = present
         require_finite(out[1], f"{self.manifest.graphs['prefill'].file} logits")
@@ -193,8 +197,20 @@ class OnnxRuntimeBackend(Backend):
         self.last_logits = logits
         return np.asarray(tokens, dtype=np.int64)
 
+    def _generate_chunk(self, ids: np.ndarray, patches: np.ndarray, n_tokens: int) -> np.ndarray:
+        """Parallel decoding: every token of the chunk from one pass of the chunk graph."""
+        if n_tokens != self.manifest.llm.chunk_tokens:
+            raise InputError(f"asked for {n_tokens} tokens; this bundle's chunk graph emits "
+                             f"{self.manifest.llm.chunk_tokens} per pass (its K x action dimensions)")
+        start = time.perf_counter()
+        tokens, logits = self.sessions["chunk"].run(None, self._prompt_feeds(ids, patches))
+        require_finite(logits, f"{self.manifest.graphs['chunk'].file} logits")
+        self.step_timings_ms = {"chunk": (time.perf_counter() - start) * 1e3}
+        self.last_logits = [logits]
+        return np.asarray(tokens[0], dtype=np.int64)
+
     def describe(self) -> dict[str, Any]:
-        providers = self.sessions["prefill"].get_providers() if self.sessions else [
+        providers = self.sessions[self.manifest.llm_graphs[0]].get_providers() if self.sessions else [
             p[0] if isinstance(p, tuple) else p for p in self.providers]
         return {**super().describe(), "precision": self.manifest.precision, "onnxruntime": ort.__version__,
                 "providers": providers, "embeddings": self.manifest.llm.embeddings, "head": self.manifest.llm.head}

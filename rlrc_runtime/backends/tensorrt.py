@@ -96,6 +96,11 @@ class TensorRTBackend(Backend):
     def __init__(self, path: Path, config: VLAConfig, device: str = "cuda", dtype: str | None = None,
                  manifest: Manifest | None = None, verify: bool = True, use_cuda_graph: bool = True) -> None:
         self.manifest = manifest if manifest is not None else read_manifest(path, verify=verify)
+        if self.manifest.llm.decoding == "parallel":
+            raise BackendError(
+                f"{path} is a parallel-decoding (action chunk) bundle; this backend's engines drive prefill + decode. "
+                "Run it with backend='onnxruntime', device='tensorrt' (ONNX Runtime's TensorRT execution provider)"
+            )
         super().__init__(Path(path), config, device, self.manifest.precision)
         kind, _, index = device.partition(":")
         if kind not in ("cuda", "cpu", "tensorrt"):

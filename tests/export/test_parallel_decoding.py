@@ -94,3 +94,31 @@ def test_chunked_training_and_policy(tmp_path):
         assert np.array_equal(res.action, res.chunk[0])
         assert np.array_equal(policy.predict_chunk(np.zeros((64, 64, 3), np.uint8), "pick up the red block"),
                               res.chunk)
+
+
+def test_chunked_bundle_has_one_llm_graph_and_matches_pytorch(ckpt_factory, tmp_path):
+    """ONNX export of a K = 4 model: vision + one chunk graph (no decode loop), token-exact with the PyTorch
+    policy; int8 quantization keeps the layout; the TensorRT engine path refuses it with the alternative."""
+    import rlrc_runtime
+    from export.onnx_export import OnnxExportConfig, export_onnx
+    from export.quantize_deploy import QuantizeConfig, quantize_bundle
+    from rlrc_runtime.backends.tensorrt import TensorRTBackend
+    from rlrc_runtime.errors import BackendError
+    from rlrc_runtime.manifest import read_manifest
+
+    ckpt = ckpt_factory("tiny", action_chunk=4)
+    bundle = export_onnx(ckpt, tmp_path / "b", OnnxExportConfig(exporter="torchscript"))
+    m = read_manifest(bundle)
+    assert set(m.graphs) == {"vision", "chunk"} and (m.llm.decoding, m.llm.chunk_tokens) == ("parallel", 28)
+    assert m.model_config["rlrc_action_chunk"] == 4 and m.stages[0]["check"]["tokens_equal"] is True
+    assert [t.name for t in m.graphs["chunk"].outputs] == ["tokens", "logits"]
+    img = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    with rlrc_runtime.load_policy(ckpt) as ref, rlrc_runtime.load_policy(bundle) as got:
+        want = ref.infer(img, "pick up the red block")
+        res = got.infer(img, "pick up the red block")
+        assert res.chunk.shape == (4, 7) and res.action_tokens.tolist() == want.action_tokens.tolist()
+        assert set(got.backend.step_timings_ms) == {"chunk"}
+    q = read_manifest(quantize_bundle(bundle, tmp_path / "q", QuantizeConfig(precision="int8")))
+    assert q.precision == "int8" and set(q.graphs) == {"vision", "chunk"}
+    with pytest.raises(BackendError, match="parallel-decoding .* backend='onnxruntime', device='tensorrt'"):
+        TensorRTBackend(bundle, m.vla_config(), device="cuda", manifest=m)

@@ -71,10 +71,28 @@ def test_helpers_and_config_errors():
         BenchConfig(bundle="x", iters=0)
     assert compare_ratios(
         {"stages_ms": {"end_to_end": {"p50": 2.0}}, "weights": {"total_bytes": 1, "read_per_action_bytes": 1},
-         "host_memory": {"load_rss_delta_bytes": None}, "tokens_last": [1]},
+         "host_memory": {"load_rss_delta_bytes": None}, "tokens_last": [1], "actions_per_s": 500.0},
         {"stages_ms": {"end_to_end": {"p50": 6.0}}, "weights": {"total_bytes": 4, "read_per_action_bytes": 2},
-         "host_memory": {"load_rss_delta_bytes": 10}, "tokens_last": [1]},
+         "host_memory": {"load_rss_delta_bytes": 10}, "tokens_last": [1], "actions_per_s": 1e3 / 6},
     )["speedup_p50_end_to_end"] == 3.0
+
+
+def test_a_chunked_bundle_reports_actions_per_inference(bundles, ckpt_factory, tmp_path):
+    """A K = 8 parallel-decoding bundle against the autoregressive one of the same widths: one chunk pass
+    instead of prefill + decode steps, and actions per second counting all K actions of a pass."""
+    chunked = export_onnx(ckpt_factory("tiny", action_chunk=8), tmp_path / "chunk8",
+                          OnnxExportConfig(exporter="torchscript", check=False))
+    rep = run_bench(BenchConfig(bundle=str(chunked), compare=str(bundles["fp32"]), iters=2, warmup=0, progress=False,
+                                bandwidth_gbs=20))
+    a, b = rep["runs"]
+    assert a["actions_per_inference"] == 8 and b["actions_per_inference"] == 1
+    assert "chunk" in a["stages_ms"] and "decode_step" not in a["stages_ms"] and "chunk" not in b["stages_ms"]
+    assert len(a["tokens_last"]) == 8 * 7
+    assert a["actions_per_s"] == pytest.approx(8e3 / a["stages_ms"]["end_to_end"]["p50"])
+    assert rep["ratios"]["actions_per_s_ratio"] == pytest.approx(a["actions_per_s"] / b["actions_per_s"])
+    assert a["weights"]["llm_bytes"] == b["weights"]["llm_bytes"]  # the same model size
+    assert a["weights"]["read_per_action_bytes"] == pytest.approx(a["weights"]["read_per_inference_bytes"] / 8)
+    assert "decode_step_achieved_fraction" not in a["roofline"] and a["roofline"]["end_to_end_bound_ms"] > 0
 
 
 def test_measure_interleaved_times_each_policy_in_its_own_process(ckpt_factory, tmp_path):
