@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,30 +44,49 @@ def providers_for(device: str) -> list[Any]:
     raise BackendError(f"device={device!r} is not known to the onnxruntime backend; use 'cpu', 'cuda[:i]' or 'tensorrt[:i]'")
 
 
+@dataclass(frozen=True)
+class SessionConfig:
+    """How the backend builds its onnxruntime sessions (``load_policy(..., intra_op_num_threads=2)``)."""
+
+    providers: tuple[Any, ...] | None = None
+    """Explicit onnxruntime providers list, overriding ``device``."""
+    intra_op_num_threads: int | None = None
+    """Threads per session (None: onnxruntime's default, all cores)."""
+    allow_spinning: bool = True
+    """Let idle intra-op threads spin: lower latency on a dedicated machine; turn it off when other
+    work shares the cores (e.g. interleaved benchmarks)."""
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "SessionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise BackendError(f"unknown onnxruntime backend option(s) {unknown}; known: {sorted(known)}")
+        if options.get("providers") is not None:
+            options = {**options, "providers": tuple(options["providers"])}
+        return cls(**options)
+
+
 class OnnxRuntimeBackend(Backend):
     """A bundle's graphs in ONNX Runtime sessions."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, config: VLAConfig, device: str = "cpu", dtype: str | None = None,
-                 manifest: Manifest | None = None, providers: Sequence[Any] | None = None,
-                 intra_op_num_threads: int | None = None, allow_spinning: bool = True, verify: bool = True) -> None:
+    def __init__(self, path: Path, config: VLAConfig, device: str = "cpu", manifest: Manifest | None = None,
+                 verify: bool = True, **session: Any) -> None:
         """
         Args:
             path: bundle directory.
             config: the model config (from the manifest).
             device: 'cpu', 'cuda[:i]' or 'tensorrt[:i]' (chooses execution providers).
-            dtype: ignored; the bundle's precision is in its manifest.
             manifest: the bundle's manifest if already read (else read and verified here).
-            providers: explicit onnxruntime providers list, overriding ``device``.
-            intra_op_num_threads: threads per session (None: onnxruntime's default, all cores).
-            allow_spinning: let idle intra-op threads spin (lower latency on a dedicated machine;
-                turn off when other work shares the cores, e.g. interleaved benchmarks).
             verify: check file checksums when the manifest is read here.
+            session: SessionConfig fields (providers, intra_op_num_threads, allow_spinning).
         """
+        self.session = SessionConfig.from_options(session)
         self.manifest = manifest if manifest is not None else read_manifest(path, verify=verify)
         super().__init__(Path(path), config, device, self.manifest.precision)
-        self.providers = list(providers) if providers is not None else providers_for(device)
+        self.providers = list(self.session.providers) if self.session.providers is not None else providers_for(device)
         available = ort.get_available_providers()
         for p in self.providers:
             pname = p[0] if isinstance(p, tuple) else p
@@ -76,8 +96,6 @@ class OnnxRuntimeBackend(Backend):
                     f"onnxruntime {ort.__version__} offers {available}. For CUDA/TensorRT install onnxruntime-gpu "
                     "(pip install 'rlrc_runtime[tensorrt]'), or use device='cpu'"
                 )
-        self.intra_op_num_threads = intra_op_num_threads
-        self.allow_spinning = allow_spinning
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.cache: list[np.ndarray] = []
         self.embed_table: EmbeddingTable | None = None
@@ -94,9 +112,9 @@ class OnnxRuntimeBackend(Backend):
         m = self.manifest
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.intra_op_num_threads:
-            opts.intra_op_num_threads = self.intra_op_num_threads
-        if not self.allow_spinning:
+        if self.session.intra_op_num_threads:
+            opts.intra_op_num_threads = self.session.intra_op_num_threads
+        if not self.session.allow_spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if any((p[0] if isinstance(p, tuple) else p) == "TensorrtExecutionProvider" for p in self.providers):
             cache = self.path / "ort_trt_cache"
