@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from export.model import OpenVLA
@@ -104,13 +104,17 @@ def load_model(
         by_file.setdefault(t.file, []).append(key)
     bar = _progress(len(info.tensors), f"loading {info.path.name}", progress)
     for file, keys in sorted(by_file.items()):
-        with safe_open(str(info.path / file), framework="pt", device="cpu") as f:
-            for key in keys:
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point():
-                    tensor = tensor.to(device=device, dtype=torch_dtype)
-                _set_tensor(model, map_key(key), tensor.to(device))
-                bar.update(1)
+        try:
+            with safe_open(str(info.path / file), framework="pt", device="cpu") as f:
+                for key in keys:
+                    tensor = f.get_tensor(key)
+                    if tensor.is_floating_point():
+                        tensor = tensor.to(device=device, dtype=torch_dtype)
+                    _set_tensor(model, map_key(key), tensor.to(device))
+                    bar.update(1)
+        except SafetensorError as exc:  # the file changed after its header was validated, or a dtype torch lacks
+            raise CheckpointError(f"{info.path / file}: safetensors cannot read it ({exc}); copy the file "
+                                  "again") from exc
     bar.close()
     model.reset_non_persistent_buffers()
     model.eval()

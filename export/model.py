@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlrc_runtime.config import LLMConfig, TowerConfig, VLAConfig
+from rlrc_runtime.errors import NonFiniteOutputError
 
 
 # --------------------------------------------------------------------------- vision towers
@@ -455,7 +456,15 @@ class OpenVLA(nn.Module):
         mask = parallel_mask(torch.full((b,), first, device=embeds.device),
                              torch.full((b,), n_tokens, device=embeds.device), embeds.shape[1])
         hidden = lm.model(embeds, mask=mask)[:, first:]  # [B, N, H]
-        return lm.lm_head(hidden).argmax(dim=-1)
+        logits = lm.lm_head(hidden)  # [B, N, V]
+        bad = ~torch.isfinite(logits).all(dim=-1)  # [B, N]
+        if bool(bad.any()):  # argmax over NaN picks token 0: a full-scale action
+            raise NonFiniteOutputError(
+                f"parallel decoding: the logits of {int(bad.any(dim=0).sum())} of {n_tokens} action slots hold NaN or "
+                "Inf, so this step has no safe action; the model's weights or its input are damaged (look for "
+                "NaN/Inf in the checkpoint's weights and reload it from its source)"
+            )
+        return logits.argmax(dim=-1)
 
     @torch.inference_mode()
     def generate(self, patch_embeds: torch.Tensor, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -465,12 +474,24 @@ class OpenVLA(nn.Module):
         length = embeds.shape[1]
         cache = KVCache(self.config.llm, embeds.shape[0], length + max_new_tokens, embeds.dtype, embeds.device)
         hidden = lm.model(embeds, 0, cache)
-        token = lm.lm_head(hidden[:, -1]).argmax(dim=-1)  # [B]
+        logits = lm.lm_head(hidden[:, -1])  # [B, V]
+        finite = [torch.isfinite(logits).all(dim=-1)]  # [B] per step, checked once at the end (no sync per token)
+        token = logits.argmax(dim=-1)  # [B]
         out = [token]
         for step in range(1, max_new_tokens):
             hidden = lm.model(lm.model.embed_tokens(token)[:, None], length + step - 1, cache)
-            token = lm.lm_head(hidden[:, -1]).argmax(dim=-1)
+            logits = lm.lm_head(hidden[:, -1])
+            finite.append(torch.isfinite(logits).all(dim=-1))
+            token = logits.argmax(dim=-1)
             out.append(token)
+        bad = ~torch.stack(finite, dim=1)  # [B, N]
+        if bool(bad.any()):  # argmax over NaN picks token 0: a full-scale action
+            first = int(bad.any(dim=0).nonzero()[0])
+            raise NonFiniteOutputError(
+                f"greedy decoding: the logits of generated token {first + 1} of {max_new_tokens} hold NaN or Inf, so "
+                "this step has no safe action; the model's weights or its input are damaged (look for NaN/Inf in "
+                "the checkpoint's weights and reload it from its source)"
+            )
         return torch.stack(out, dim=1)
 
     def reset_non_persistent_buffers(self) -> None:

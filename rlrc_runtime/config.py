@@ -18,10 +18,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from rlrc_runtime.errors import ConfigError, UnknownBackboneError
+from rlrc_runtime.errors import ConfigError, NormStatsError, UnknownBackboneError
 
 # Values actually applied by OpenVLA's image processor: the ImageNet statistics after a round trip
 # through bf16 (they are stored that way in openvla-7b's preprocessor_config.json).
@@ -43,27 +45,223 @@ VISION_BACKBONES: dict[str, tuple[str, ...]] = {
     "siglip-vit-so400m-384px": (SIGLIP_384_TIMM_ID,),
 }
 
-# Defaults of transformers 4.40's LlamaConfig: OpenVLA's text_config lists only what differs.
-LLAMA_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": None,
-    "hidden_act": "silu",
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0,
-    "rope_scaling": None,
-    "attention_bias": False,
-    "tie_word_embeddings": False,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": None,
+# Input resolution of each backbone's towers: what HF's PrismaticConfig sets image_sizes to.
+BACKBONE_IMAGE_SIZES: dict[str, tuple[int, ...]] = {
+    "dinosiglip-vit-so-224px": (224, 224),
+    "dinosiglip-vit-so-384px": (384, 384),
+    "dinov2-vit-l": (224,),
+    "siglip-vit-so400m": (224,),
+    "siglip-vit-so400m-384px": (384,),
 }
 
-TOWER_OVERRIDE_FIELDS = ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size", "num_registers")
+DECODINGS = ("autoregressive", "parallel")
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+"""``FieldSpec.default`` of a key that config.json must give."""
+
+_JSON_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,), "number": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "object": (dict,),
+}
+_KIND_WORDS = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
+               "list": "a list", "object": "an object"}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How ``VLAConfig.from_hf_dict`` reads one key of config.json: JSON type, default, allowed values."""
+
+    kinds: tuple[str, ...]
+    """Accepted JSON types: 'int', 'number', 'bool', 'str', 'list', 'object'."""
+    default: Any = REQUIRED
+    """Value of an absent key: the default HF's OpenVLAConfig or transformers 4.40's LlamaConfig gives it
+    (None: derived from other fields), or REQUIRED where there is none we accept."""
+    doc: str = ""
+    """What the field is, for error messages."""
+    minimum: float | None = None
+    """Smallest allowed number (of each item, for a list)."""
+    maximum: float | None = None
+    """Largest allowed number."""
+    above: float | None = None
+    """Numbers must be strictly greater than this."""
+    choices: tuple[Any, ...] = ()
+    """The only values supported, when not empty."""
+    item: str | None = None
+    """JSON type of each item of a list."""
+    nullable: bool = False
+    """Whether JSON null is accepted; it means the same as an absent key."""
+
+    def expected(self) -> str:
+        """The accepted values in words, e.g. 'an integer >= 1'."""
+        if self.choices:
+            words = " or ".join(_show(c) for c in self.choices)
+        else:
+            words = " or ".join(_KIND_WORDS[k] if k != "list" or not self.item else f"a list of {_plural(self.item)}"
+                                for k in self.kinds)
+            if self.minimum is not None and self.maximum is not None:
+                words += f" in [{_num(self.minimum)}, {_num(self.maximum)}]"
+            elif self.minimum is not None:
+                words += f" >= {_num(self.minimum)}"
+            elif self.above is not None:
+                words += f" > {_num(self.above)}"
+        if self.nullable and None not in self.choices:
+            words += " or null"
+        return f"{words} ({self.doc})" if self.doc else words
+
+
+def _plural(kind: str) -> str:
+    return {"int": "integers", "number": "numbers", "str": "strings", "object": "objects"}.get(kind, kind)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _show(value: Any) -> str:
+    """A config value as the message shows it: strings quoted, others in JSON spelling."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind in ("int", "number", "str", "list", "object"):
+        if isinstance(value, _JSON_KINDS[kind]):
+            return _KIND_WORDS[kind]
+    return type(value).__name__
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if isinstance(value, bool) and kind != "bool":  # JSON true is not the integer 1
+        return False
+    if kind == "number" and isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, _JSON_KINDS[kind])
+
+
+def _in_range(value: Any, spec: FieldSpec) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    return ((spec.minimum is None or value >= spec.minimum) and (spec.maximum is None or value <= spec.maximum)
+            and (spec.above is None or value > spec.above))
+
+
+def read_field(obj: Mapping[str, Any], key: str, spec: FieldSpec, source: str, prefix: str = "") -> Any:
+    """``obj[key]`` checked against ``spec`` (its default when absent); a ConfigError names ``source``,
+    the field, the value found, the value expected and the fix."""
+    name = prefix + key
+    fix = f"Set {name} in {source} to the value the model was trained with"
+    unsupported = (f"Set {name} in {source} to a supported value if the model was trained with it; a model "
+                   "that needs another cannot run here")
+    if key not in obj or (obj[key] is None and spec.nullable):
+        if spec.default is REQUIRED:
+            raise ConfigError(f"{source}: {name} is missing; it must be {spec.expected()}. "
+                              f"Add {name} to {source} (the value the model was trained with)")
+        if spec.choices and spec.default not in spec.choices:
+            raise ConfigError(f"{source}: {name} is missing, which OpenVLA reads as {_show(spec.default)}; that is "
+                              f"not supported: it must be {spec.expected()}. {unsupported}")
+        return copy.deepcopy(spec.default)
+    value = obj[key]
+    if not any(_is_kind(value, k) for k in spec.kinds):
+        raise ConfigError(f"{source}: {name}={_show(value)} must be {spec.expected()}, not {_json_kind(value)}. {fix}")
+    if spec.choices:
+        if value not in spec.choices:
+            raise ConfigError(f"{source}: {name}={_show(value)} is not supported: it must be {spec.expected()}. "
+                              f"{unsupported}")
+        return value
+    items = value if isinstance(value, list) else [value]
+    for i, v in enumerate(items):
+        at = f"{name}[{i}]" if isinstance(value, list) else name
+        if isinstance(value, list) and spec.item and not _is_kind(v, spec.item):
+            raise ConfigError(f"{source}: {at}={_show(v)} must be {_KIND_WORDS[spec.item]} (in {name}, "
+                              f"{spec.expected()}), not {_json_kind(v)}. {fix}")
+        if not _in_range(v, spec):
+            raise ConfigError(f"{source}: {at}={_show(v)} is out of range: {name} must be {spec.expected()}. {fix}")
+    return value
+
+
+# config.json at the top level, as HF's OpenVLAConfig reads it (keys starting rlrc_ are ours). HF's own
+# save always writes every one of them; defaults apply to files written by other tools.
+# Stricter than HF on purpose: vision_backbone_id and text_config have no default (HF would build
+# Prismatic's SigLIP / Llama-2-7B defaults), so a damaged file is refused instead of guessed.
+OPENVLA_FIELDS: dict[str, FieldSpec] = {
+    "model_type": FieldSpec(("str",), REQUIRED, "the HF model class", choices=("openvla", "prismatic")),
+    "vision_backbone_id": FieldSpec(("str",), REQUIRED, f"one of {sorted(VISION_BACKBONES)}"),
+    "timm_model_ids": FieldSpec(("list",), None, "the towers' timm ids; null = those of vision_backbone_id",
+                                item="str", nullable=True),
+    "use_fused_vision_backbone": FieldSpec(("bool",), None, "two towers; null = as vision_backbone_id implies",
+                                           nullable=True),
+    "image_sizes": FieldSpec(("list",), None, "input pixels per tower; null = the backbone's resolution",
+                             item="int", minimum=1, nullable=True),
+    "rlrc_vision_towers": FieldSpec(("list",), None, "per-tower dimension overrides, one object per tower",
+                                    item="object", nullable=True),
+    "text_config": FieldSpec(("object",), REQUIRED, "the Llama decoder's config"),
+    "n_action_bins": FieldSpec(("int",), 256, "discretisation bins per action dimension", minimum=2),
+    "pad_to_multiple_of": FieldSpec(("int",), 64, "embedding rows padded past the tokenizer", minimum=0),
+    "image_resize_strategy": FieldSpec(("str",), "letterbox", "how frames are resized",
+                                       choices=("resize-naive",)),
+    "arch_specifier": FieldSpec(("str",), None, "the projector spec, e.g. 'no-align+fused-gelu-mlp'"),
+    "norm_stats": FieldSpec(("object",), None, "per-dataset action statistics", nullable=True),
+    "rlrc_action_chunk": FieldSpec(("int",), 1, "actions per inference", minimum=1, maximum=64),
+    "rlrc_decoding": FieldSpec(("str",), "autoregressive", "how action tokens are decoded", choices=DECODINGS),
+}
+
+# text_config as transformers 4.40's LlamaConfig reads it: OpenVLA's file lists only the values that
+# differ from LlamaConfig's defaults (Llama-2-7B's sizes), so every default below is LlamaConfig's.
+# head_dim and layer_* are our extensions (pruned models); absent means hidden_size / heads and
+# the same widths in every layer.
+TEXT_CONFIG_FIELDS: dict[str, FieldSpec] = {
+    "model_type": FieldSpec(("str",), "llama", "the decoder family", choices=("llama",)),
+    "vocab_size": FieldSpec(("int",), 32000, "embedding rows", minimum=1),
+    "hidden_size": FieldSpec(("int",), 4096, "residual stream width", minimum=1),
+    "intermediate_size": FieldSpec(("int",), 11008, "MLP width", minimum=1),
+    "num_hidden_layers": FieldSpec(("int",), 32, "decoder layers", minimum=1),
+    "num_attention_heads": FieldSpec(("int",), 32, "query heads", minimum=1),
+    "num_key_value_heads": FieldSpec(("int",), None, "key/value heads; null = num_attention_heads",
+                                     minimum=1, nullable=True),
+    "head_dim": FieldSpec(("int",), None, "width of one head; null = hidden_size / num_attention_heads",
+                          minimum=2, nullable=True),
+    "hidden_act": FieldSpec(("str",), "silu", "the MLP activation", choices=("silu",)),
+    "max_position_embeddings": FieldSpec(("int",), 2048, "longest sequence", minimum=1),
+    "rms_norm_eps": FieldSpec(("number",), 1e-6, "RMSNorm epsilon", above=0),
+    "rope_theta": FieldSpec(("number",), 10000.0, "RoPE base", above=0),
+    "rope_scaling": FieldSpec(("object",), None, "RoPE scaling; Llama-2 has none", choices=(None,), nullable=True),
+    "attention_bias": FieldSpec(("bool",), False, "Llama-2 has no attention bias", choices=(False,)),
+    "tie_word_embeddings": FieldSpec(("bool",), False, "OpenVLA unties lm_head", choices=(False,)),
+    "bos_token_id": FieldSpec(("int",), 1, "beginning-of-sequence id", minimum=0),
+    "eos_token_id": FieldSpec(("int", "list"), 2, "end-of-sequence id(s)", minimum=0, item="int"),
+    "pad_token_id": FieldSpec(("int",), None, "padding id", minimum=0, nullable=True),
+    "layer_num_attention_heads": FieldSpec(("list",), None, "query heads of each layer", item="int", minimum=0,
+                                           nullable=True),
+    "layer_num_key_value_heads": FieldSpec(("list",), None, "key/value heads of each layer", item="int",
+                                           minimum=0, nullable=True),
+    "layer_intermediate_size": FieldSpec(("list",), None, "MLP width of each layer", item="int", minimum=0,
+                                         nullable=True),
+}
+
+# One rlrc_vision_towers entry: a key it leaves out keeps the size of the timm model the id names.
+TOWER_FIELDS: dict[str, FieldSpec] = {
+    "embed_dim": FieldSpec(("int",), None, "token width", minimum=1),
+    "depth": FieldSpec(("int",), None, "transformer blocks", minimum=1),
+    "num_heads": FieldSpec(("int",), None, "attention heads", minimum=1),
+    "mlp_dim": FieldSpec(("int",), None, "MLP width", minimum=1),
+    "patch_size": FieldSpec(("int",), None, "patch size in pixels", minimum=1),
+    "num_registers": FieldSpec(("int",), None, "register tokens", minimum=0),
+}
+TOWER_OVERRIDE_FIELDS = tuple(TOWER_FIELDS)
 
 
 def did_you_mean(value: str, choices: Sequence[str]) -> str:
@@ -259,50 +457,58 @@ class LLMConfig:
         return total
 
     @classmethod
-    def from_text_config(cls, text_config: Mapping[str, Any]) -> "LLMConfig":
-        """Parse HF ``text_config`` (missing keys take transformers 4.40 LlamaConfig defaults)."""
-        tc = {**LLAMA_DEFAULTS, **dict(text_config)}
-        model_type = tc.get("model_type", "llama")
-        if model_type != "llama":
-            raise ConfigError(f"text_config.model_type={model_type!r}; only 'llama' decoders are supported")
-        if tc["hidden_act"] != "silu":
-            raise ConfigError(f"text_config.hidden_act={tc['hidden_act']!r}; Llama uses 'silu'")
-        if tc["rope_scaling"] is not None:
-            raise ConfigError(f"text_config.rope_scaling={tc['rope_scaling']!r} is not supported; expected null")
-        if tc["attention_bias"]:
-            raise ConfigError("text_config.attention_bias=true is not supported; Llama-2 has no attention bias")
-        if tc["tie_word_embeddings"]:
-            raise ConfigError("text_config.tie_word_embeddings=true is not supported; OpenVLA unties lm_head")
-        n_layers = int(tc["num_hidden_layers"])
-        heads = int(tc["num_attention_heads"])
-        kv = tc["num_key_value_heads"]
-        kv = heads if kv is None else int(kv)
-        head_dim = int(tc.get("head_dim") or tc["hidden_size"] // heads)
+    def from_text_config(cls, text_config: Mapping[str, Any], source: str = "config.json") -> "LLMConfig":
+        """Parse HF ``text_config`` (absent keys take transformers 4.40 LlamaConfig's defaults, as in HF)."""
+        tc = {key: read_field(text_config, key, spec, source, "text_config.")
+              for key, spec in TEXT_CONFIG_FIELDS.items()}
+        n_layers, heads, hidden = tc["num_hidden_layers"], tc["num_attention_heads"], tc["hidden_size"]
+        kv = heads if tc["num_key_value_heads"] is None else tc["num_key_value_heads"]
+        if tc["head_dim"] is None and hidden % heads:
+            raise ConfigError(
+                f"{source}: text_config.hidden_size={hidden} is not divisible by text_config.num_attention_heads="
+                f"{heads}, so a head has no whole width; give text_config.head_dim, or fix these two fields to the "
+                "model's real sizes"
+            )
+        head_dim = tc["head_dim"] or hidden // heads
 
         def per_layer(key: str, uniform: int) -> tuple[int, ...]:
-            values = tc.get(key)
+            values = tc[key]
             if values is None:
                 return (uniform,) * n_layers
-            if not isinstance(values, list) or len(values) != n_layers:
+            if len(values) != n_layers:
                 raise ConfigError(
-                    f"text_config.{key} must be a list of {n_layers} ints (num_hidden_layers), got {values!r}"
+                    f"{source}: text_config.{key} must be a list of {n_layers} ints (num_hidden_layers), got "
+                    f"{_show(values)}; give one value per layer"
                 )
-            return tuple(int(v) for v in values)
+            return tuple(values)
 
         eos = tc["eos_token_id"]
+        if isinstance(eos, list) and not eos:
+            raise ConfigError(f"{source}: text_config.eos_token_id=[] must name at least one token id "
+                              "(Llama-2: 2)")
+        eos = eos[0] if isinstance(eos, list) else eos
+        vocab = tc["vocab_size"]
+        tokens = {"bos_token_id": tc["bos_token_id"], "eos_token_id": eos, "pad_token_id": tc["pad_token_id"]}
+        for key, token in tokens.items():
+            if token is not None and token >= vocab:
+                origin = "" if "vocab_size" in text_config else " (absent from the file, so LlamaConfig's default)"
+                raise ConfigError(
+                    f"{source}: text_config.{key}={token} is out of range: token ids must be < "
+                    f"text_config.vocab_size={vocab}{origin}. Set both to the values the model was trained with"
+                )
         return cls(
-            vocab_size=int(tc["vocab_size"]),
-            hidden_size=int(tc["hidden_size"]),
+            vocab_size=vocab,
+            hidden_size=hidden,
             head_dim=head_dim,
             num_attention_heads=per_layer("layer_num_attention_heads", heads),
             num_key_value_heads=per_layer("layer_num_key_value_heads", kv),
-            intermediate_size=per_layer("layer_intermediate_size", int(tc["intermediate_size"])),
+            intermediate_size=per_layer("layer_intermediate_size", tc["intermediate_size"]),
             rms_norm_eps=float(tc["rms_norm_eps"]),
             rope_theta=float(tc["rope_theta"]),
-            max_position_embeddings=int(tc["max_position_embeddings"]),
-            bos_token_id=int(tc["bos_token_id"]),
-            eos_token_id=int(eos[0] if isinstance(eos, list) else eos),
-            pad_token_id=None if tc["pad_token_id"] is None else int(tc["pad_token_id"]),
+            max_position_embeddings=tc["max_position_embeddings"],
+            bos_token_id=tc["bos_token_id"],
+            eos_token_id=eos,
+            pad_token_id=tc["pad_token_id"],
         )
 
     def to_text_config(self) -> dict[str, Any]:
@@ -333,9 +539,6 @@ class LLMConfig:
             out["layer_num_key_value_heads"] = list(self.num_key_value_heads)
             out["layer_intermediate_size"] = list(self.intermediate_size)
         return out
-
-
-DECODINGS = ("autoregressive", "parallel")
 
 
 @dataclass(frozen=True)
@@ -430,61 +633,75 @@ class VLAConfig:
 
     @classmethod
     def from_hf_dict(cls, cfg: Mapping[str, Any], source: str = "config.json") -> "VLAConfig":
-        """Parse an HF OpenVLA ``config.json`` dict; ``source`` names the file in errors."""
-        cfg = copy.deepcopy(dict(cfg))
-        model_type = cfg.get("model_type")
-        if model_type not in ("openvla", "prismatic"):
-            raise ConfigError(
-                f"{source}: model_type={model_type!r}; expected 'openvla' (an OpenVLA checkpoint directory)"
-            )
-        backbone = cfg.get("vision_backbone_id")
+        """Parse an HF OpenVLA ``config.json`` dict; ``source`` names the file in errors.
+
+        Every key is read through ``OPENVLA_FIELDS`` / ``TEXT_CONFIG_FIELDS`` / ``TOWER_FIELDS``: a value
+        of the wrong type, out of range or missing where HF defines no default is a ConfigError that
+        names the file, the field, the value found and the value expected.
+        """
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"{source}: expected a JSON object, got {_json_kind(cfg)}; the file is not an OpenVLA "
+                              "config")
+        try:
+            return cls._from_hf_dict(cfg, source)
+        except ConfigError as exc:
+            if source in str(exc):
+                raise
+            raise type(exc)(f"{source}: {exc}") from exc
+
+    @classmethod
+    def _from_hf_dict(cls, cfg: Mapping[str, Any], source: str) -> "VLAConfig":
+        top = {key: read_field(cfg, key, spec, source) for key, spec in OPENVLA_FIELDS.items()}
+        backbone = top["vision_backbone_id"]
         if backbone not in VISION_BACKBONES:
             raise UnknownBackboneError(
                 f"{source}: vision_backbone_id={backbone!r} is not supported; supported: "
                 f"{sorted(VISION_BACKBONES)}.{did_you_mean(str(backbone), sorted(VISION_BACKBONES))}"
             )
-        timm_ids = tuple(cfg.get("timm_model_ids") or VISION_BACKBONES[backbone])
+        timm_ids = tuple(top["timm_model_ids"] or VISION_BACKBONES[backbone])
         if timm_ids != VISION_BACKBONES[backbone]:
             raise ConfigError(
                 f"{source}: timm_model_ids={list(timm_ids)} do not match vision_backbone_id={backbone!r}, "
                 f"which uses {list(VISION_BACKBONES[backbone])}"
             )
-        fused = cfg.get("use_fused_vision_backbone")
-        if fused is not None and bool(fused) != (len(timm_ids) == 2):
+        fused = top["use_fused_vision_backbone"]
+        if fused is not None and fused != (len(timm_ids) == 2):
             raise ConfigError(
                 f"{source}: use_fused_vision_backbone={fused} contradicts vision_backbone_id={backbone!r} "
                 f"({len(timm_ids)} tower(s))"
             )
-        sizes = cfg.get("image_sizes") or [224] * len(timm_ids)
+        sizes = top["image_sizes"] or list(BACKBONE_IMAGE_SIZES[backbone])
         if len(sizes) != len(timm_ids):
             raise ConfigError(f"{source}: image_sizes={sizes} must have one entry per tower ({len(timm_ids)})")
-        overrides = cfg.get("rlrc_vision_towers") or [{}] * len(timm_ids)
+        overrides = top["rlrc_vision_towers"] or [{}] * len(timm_ids)
         if len(overrides) != len(timm_ids):
             raise ConfigError(f"{source}: rlrc_vision_towers must have one entry per tower ({len(timm_ids)})")
-        towers = tuple(tower_from_timm_id(t, s, o) for t, s, o in zip(timm_ids, sizes, overrides))
-        if "text_config" not in cfg:
-            raise ConfigError(f"{source}: text_config is missing; an OpenVLA config carries the Llama config there")
-        llm = LLMConfig.from_text_config(cfg["text_config"])
-        known = {
-            "model_type", "vision_backbone_id", "timm_model_ids", "use_fused_vision_backbone", "image_sizes",
-            "rlrc_vision_towers", "text_config", "n_action_bins", "pad_to_multiple_of",
-            "image_resize_strategy", "arch_specifier", "norm_stats", "rlrc_action_chunk", "rlrc_decoding",
-        }
-        chunk = cfg.get("rlrc_action_chunk", 1)
-        if isinstance(chunk, bool) or not isinstance(chunk, int):
-            raise ConfigError(f"{source}: rlrc_action_chunk={chunk!r} must be an integer (actions per inference)")
+        towers = []
+        for i, (timm_id, size, over) in enumerate(zip(timm_ids, sizes, overrides)):
+            prefix = f"rlrc_vision_towers[{i}]."
+            for key, spec in TOWER_FIELDS.items():
+                read_field(over, key, spec, source, prefix)
+            towers.append(tower_from_timm_id(timm_id, size, over))
+        llm = LLMConfig.from_text_config(top["text_config"], source)
+        norm_stats = top["norm_stats"]
+        if norm_stats is not None and not all(isinstance(v, dict) for v in norm_stats.values()):
+            raise NormStatsError(
+                f"{source}: norm_stats must be an object {{dataset_key: {{'action': {{q01, q99, mask}}, ...}}}}; "
+                f"got {_show(norm_stats)}"
+            )
+        arch = top["arch_specifier"] or ("no-align+fused-gelu-mlp" if len(towers) == 2 else "no-align+gelu-mlp")
         return cls(
             vision_backbone_id=backbone,
-            towers=towers,
+            towers=tuple(towers),
             llm=llm,
-            n_action_bins=int(cfg.get("n_action_bins", 256)),
-            pad_to_multiple_of=int(cfg.get("pad_to_multiple_of", 64)),
-            image_resize_strategy=cfg.get("image_resize_strategy", "resize-naive"),
-            arch_specifier=cfg.get("arch_specifier", "no-align+fused-gelu-mlp" if len(towers) == 2 else "no-align+gelu-mlp"),
-            norm_stats=cfg.get("norm_stats"),
-            action_chunk=chunk,
-            decoding=str(cfg.get("rlrc_decoding", "autoregressive")),
-            extra={k: v for k, v in cfg.items() if k not in known},
+            n_action_bins=top["n_action_bins"],
+            pad_to_multiple_of=top["pad_to_multiple_of"],
+            image_resize_strategy=top["image_resize_strategy"],
+            arch_specifier=arch,
+            norm_stats=copy.deepcopy(norm_stats),
+            action_chunk=top["rlrc_action_chunk"],
+            decoding=top["rlrc_decoding"],
+            extra={k: copy.deepcopy(v) for k, v in cfg.items() if k not in OPENVLA_FIELDS},
         )
 
     def to_hf_dict(self) -> dict[str, Any]:

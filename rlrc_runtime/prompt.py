@@ -40,6 +40,22 @@ def build_prompt(instruction: str, template: str = PROMPT_TEMPLATE) -> str:
     return template.format(instruction=instruction.lower())
 
 
+def require_positions(n_ids: int, n_patches: int, n_generated: int, limit: int, limit_name: str) -> None:
+    """Refuse a prompt that does not fit the model: ``[BOS, patches, prompt[1:]]`` plus the positions the
+    generated tokens occupy (``n_generated``) must be at most ``limit`` positions.
+
+    Every backend calls this with its own limit (the torch backend: ``max_position_embeddings``; ONNX
+    Runtime and TensorRT: the cache length the bundle was exported with), so the message is the same.
+    """
+    needed = n_ids + n_patches + n_generated
+    if needed > limit:
+        raise InputError(
+            f"the instruction's prompt is {n_ids} tokens; with {n_patches} image patches and {n_generated} positions "
+            f"for generated tokens it needs {needed} positions, but the model has {limit_name}={limit}; shorten the "
+            f"instruction to at most {max(limit - n_patches - n_generated, 0)} prompt tokens"
+        )
+
+
 @dataclass
 class PromptTokenizer:
     """Text -> OpenVLA input ids, over a tokenizer.json or tokenizer.model file."""

@@ -6,14 +6,18 @@ Pure numpy (no rclpy), so the rules are tested without ROS:
   per step by the action-frame calibration, converted to a velocity over ``action_period_s``,
   clamped to ``max_linear_speed`` / ``max_angular_speed``, and the gripper to ``gripper_limits``;
 - every output is checked finite again after the maths.
+
+`CommandCheck` states the same rules as checks on published messages, for whoever watches the node.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from calibration.action_frame import ActionFrame
+from rlrc_runtime.action import ActionStats
 from rlrc_runtime.errors import ConfigError
 
 
@@ -71,3 +75,48 @@ class ActionPipeline:
         if not (np.all(np.isfinite(lin)) and np.all(np.isfinite(ang)) and np.isfinite(grip)):
             return None
         return Command(raw=a.astype(np.float32), linear=lin, angular=ang, gripper=grip)
+
+
+@dataclass(frozen=True)
+class CommandCheck:
+    """The rules of this module, checked on published messages from the outside (the fault tests, the
+    soak benchmark) instead of trusted: each method returns None for a safe value, else the reason."""
+
+    limits: CommandLimits
+    action_low: np.ndarray
+    """[7] float64: the lowest raw action the policy can emit (q01 of masked dims, -1 elsewhere)."""
+    action_high: np.ndarray
+    """[7] float64: the highest (q99 of masked dims, +1 elsewhere)."""
+
+    @classmethod
+    def for_policy(cls, limits: CommandLimits, stats: ActionStats) -> "CommandCheck":
+        """Bounds from the dataset statistics that unnormalize the policy's actions."""
+        low = np.where(stats.mask, stats.q01, -1.0)
+        high = np.where(stats.mask, stats.q99, 1.0)
+        return cls(limits, low, high)
+
+    def action(self, values: Sequence[float]) -> str | None:
+        a = np.asarray(values, dtype=np.float64)
+        if a.shape != (7,) or not np.all(np.isfinite(a)):
+            return f"action {a.tolist()}: expected 7 finite values"
+        slack = 1e-6 * np.maximum(1.0, np.abs(self.action_high - self.action_low))  # float32 rounding
+        outside = (a < self.action_low - slack) | (a > self.action_high + slack)
+        if outside.any():
+            return f"action {a.tolist()} outside [{self.action_low.tolist()}, {self.action_high.tolist()}]"
+        return None
+
+    def twist(self, linear: Sequence[float], angular: Sequence[float]) -> str | None:
+        lin, ang = np.asarray(linear, dtype=np.float64), np.asarray(angular, dtype=np.float64)
+        if not (np.all(np.isfinite(lin)) and np.all(np.isfinite(ang))):
+            return f"twist linear {lin.tolist()} angular {ang.tolist()} is not finite"
+        if np.abs(lin).max() > self.limits.max_linear_speed + 1e-9:
+            return f"twist linear {lin.tolist()} exceeds max_linear_speed={self.limits.max_linear_speed}"
+        if np.abs(ang).max() > self.limits.max_angular_speed + 1e-9:
+            return f"twist angular {ang.tolist()} exceeds max_angular_speed={self.limits.max_angular_speed}"
+        return None
+
+    def gripper(self, value: float) -> str | None:
+        lo, hi = self.limits.gripper_limits
+        if not (np.isfinite(value) and lo - 1e-9 <= value <= hi + 1e-9):
+            return f"gripper {value} outside gripper_limits [{lo}, {hi}]"
+        return None

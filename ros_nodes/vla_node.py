@@ -23,7 +23,14 @@ Topics (relative names resolve under the node, e.g. /vla_node/action):
                         header.stamp = the frame's capture time. A hold is a zero twist stamped now.
     out  ~/gripper      std_msgs/Float64: gripper command within gripper_limits; a hold repeats the
                         last command (never opens the hand by itself).
-    out  /diagnostics   diagnostic_msgs/DiagnosticArray, one status "vla_node: policy".
+    out  /diagnostics   diagnostic_msgs/DiagnosticArray, one status "vla_node: policy": level ERROR while the
+                        node cannot act (a failed configure/activate, camera lost, the policy raising or
+                        producing NaN/Inf), WARN while it holds for a passing reason (stale frame, deadline
+                        miss, bad input, recording finished) or waits (paused, no instruction), else OK;
+                        the message says why ("holding: <reason>", counters, "last error: ...").
+
+Nothing unsafe goes out: a step that raises, yields NaN/Inf, or ends after ``deadline_ms`` becomes a
+hold (zero twist, the last gripper command again), never an action.
 
 Threads: the executor thread runs callbacks only (they never block); one worker thread runs
 `Policy.infer` (one inference in flight); librealsense threads only put frames in a FrameSlot.
@@ -34,6 +41,7 @@ import hashlib
 import signal
 import threading
 import time
+import traceback
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -54,7 +62,7 @@ import rlrc_runtime
 from calibration.action_frame import ActionFrame, load_action_frame
 from rlrc_runtime.camera import (CameraError, Frame, FrameSlot, RealSenseCamera, RealSenseConfig, RecordingPlayer,
                                  read_sidecar)
-from rlrc_runtime.errors import InputError, RLRCError
+from rlrc_runtime.errors import InputError, NonFiniteOutputError, RLRCError
 from rlrc_runtime.metrics import LatencyWindow
 from ros_nodes.images import compressed_msg_to_rgb, crop_image, image_msg_to_rgb, require_opencv
 from ros_nodes.params import ACTION_LABELS, VLA_NODE_PARAMS, Param
@@ -73,6 +81,14 @@ _PTYPE = {
 COUNTERS = ("frames_received", "frames_dropped", "frames_used", "actions_published", "holds_published",
             "stale_frames", "deadline_misses", "nonfinite_actions", "inference_errors", "input_errors",
             "camera_losses")
+# Why the node is holding, and how loud /diagnostics is while it holds for that reason (until the next
+# published action). Holds not listed (paused, deactivated) are the operator's choice, not a fault.
+HOLD_LEVELS = {
+    "non-finite output": "error", "non-finite action": "error", "inference failed": "error", "camera lost": "error",
+    "stale frame": "warn", "deadline miss": "warn", "unreadable frame": "warn", "malformed input": "warn",
+    "rejected instruction": "warn", "recording finished": "warn",
+}
+FAILED_STATES = ("configure failed", "activate failed", "error")
 
 
 def descriptor(p: Param) -> ParameterDescriptor:
@@ -155,6 +171,7 @@ class VLANode(LifecycleNode):
         self._last_gripper: float | None = None
         self._last_error = ""
         self._last_hold = ""
+        self._holding = ""  # a HOLD_LEVELS reason while the node holds for it; "" once an action goes out
         self._status = "unconfigured"
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
@@ -177,36 +194,13 @@ class VLANode(LifecycleNode):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        path = self.p("bundle_path")
         try:
-            if not path:
-                raise RLRCError("parameter bundle_path is empty; pass -p bundle_path:=/path/to/bundle")
-            frame = load_action_frame(self.p("action_frame_file")) if self.p("action_frame_file") else ActionFrame()
-            limits = CommandLimits(action_scale=tuple(self.p("action_scale")),
-                                   action_period_s=self.p("action_period_s"),
-                                   max_linear_speed=self.p("max_linear_speed"),
-                                   max_angular_speed=self.p("max_angular_speed"),
-                                   gripper_limits=tuple(self.p("gripper_limits")))
-            self._pipeline = ActionPipeline(frame, limits)
-            self._policy = self._policy_loader(path, backend=self.p("backend"), device=self.p("device"),
-                                               dtype=self.p("dtype"))
-            unnorm = self.p("unnorm_key") or None
-            dim = self._policy.action_dim(unnorm)
-            if dim != 7:
-                raise RLRCError(f"the policy emits {dim}-D actions; this node publishes 7-D "
-                                f"[{', '.join(ACTION_LABELS)}] actions")
-            for _ in range(self.p("warmup_iterations")):
-                self._policy.infer(np.zeros((224, 224, 3), np.uint8), "warm up", unnorm)
-            self._bundle_id = bundle_id(Path(path))
-            backend = getattr(self._policy, "backend", None)
-            self._backend_name = str(getattr(backend, "name", "") or self.p("backend"))
+            self._load_policy(self.p("bundle_path"))
         except (RLRCError, OSError, ValueError) as exc:
             self._release_policy()
-            self._last_error = f"configure: {exc}"
-            self._status = "configure failed"
-            self.get_logger().error(f"configure failed: {exc}")
-            self.publish_diagnostics()
-            return TransitionCallbackReturn.FAILURE
+            return self._fail("configure", exc)
+        except Exception as exc:  # noqa: BLE001 - rclpy would turn it into a silent ERROR transition
+            return self._fail_unexpected("configure", exc)
         self._pubs = {
             "action": self.create_publisher(Float32MultiArray, "~/action", 10),
             "cmd_twist": self.create_publisher(TwistStamped, "~/cmd_twist", 10),
@@ -221,49 +215,96 @@ class VLANode(LifecycleNode):
             self._set_instruction(self.p("instruction"))
         self._status = "inactive"
         self.get_logger().info(f"configured: bundle {self._bundle_id} on backend {self._backend_name}")
+        self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
+
+    def _load_policy(self, path: str) -> None:
+        """The command pipeline and the policy, warmed up; raises what loading raises."""
+        if not path:
+            raise RLRCError("parameter bundle_path is empty; pass -p bundle_path:=/path/to/bundle")
+        frame = load_action_frame(self.p("action_frame_file")) if self.p("action_frame_file") else ActionFrame()
+        limits = CommandLimits(action_scale=tuple(self.p("action_scale")),
+                               action_period_s=self.p("action_period_s"),
+                               max_linear_speed=self.p("max_linear_speed"),
+                               max_angular_speed=self.p("max_angular_speed"),
+                               gripper_limits=tuple(self.p("gripper_limits")))
+        self._pipeline = ActionPipeline(frame, limits)
+        self._policy = self._policy_loader(path, backend=self.p("backend"), device=self.p("device"),
+                                           dtype=self.p("dtype"))
+        unnorm = self.p("unnorm_key") or None
+        dim = self._policy.action_dim(unnorm)
+        if dim != 7:
+            raise RLRCError(f"the policy emits {dim}-D actions; this node publishes 7-D "
+                            f"[{', '.join(ACTION_LABELS)}] actions")
+        for _ in range(self.p("warmup_iterations")):
+            self._policy.infer(np.zeros((224, 224, 3), np.uint8), "warm up", unnorm)
+        self._bundle_id = bundle_id(Path(path))
+        backend = getattr(self._policy, "backend", None)
+        self._backend_name = str(getattr(backend, "name", "") or self.p("backend"))
+
+    def _fail(self, stage: str, exc: BaseException) -> TransitionCallbackReturn:
+        """An expected failure of ``stage`` (a bad bundle, no camera): back to the previous state, ERROR in
+        /diagnostics with the cause until the transition succeeds."""
+        self._last_error = f"{stage}: {exc}"
+        self._status = f"{stage} failed"
+        self.get_logger().error(f"{stage} failed: {exc}")
+        self.publish_diagnostics()
+        return TransitionCallbackReturn.FAILURE
+
+    def _fail_unexpected(self, stage: str, exc: BaseException) -> TransitionCallbackReturn:
+        """A bug or an environment fault in ``stage``: logged with its traceback and named in /diagnostics
+        before rclpy runs on_error (which releases everything and returns the node to unconfigured)."""
+        self._last_error = f"{stage}: {type(exc).__name__}: {exc}"
+        self._status = "error"
+        self.get_logger().error(f"{stage} failed unexpectedly: {type(exc).__name__}: {exc}\n"
+                                f"{traceback.format_exc()}")
+        self.publish_diagnostics()
+        return TransitionCallbackReturn.ERROR
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._slot = FrameSlot()
         self._source_finished = False
         self._camera_lost = False
-        source = self.p("camera_source")
         try:
-            if source == "topic":
-                compressed = self.p("image_transport") == "compressed"
-                if compressed:
-                    require_opencv()  # fail activation, not every frame, when the decoder is missing
-                self._decode_image = compressed_msg_to_rgb if compressed else image_msg_to_rgb
-                self._image_sub = self.create_subscription(CompressedImage if compressed else Image,
-                                                           self.p("image_topic"), self._on_image,
-                                                           qos_profile_sensor_data)
-            elif source == "recording":
-                self._source = RecordingPlayer(self.p("recording_path"), self._slot, realtime=self.p("realtime"))
-                sidecar = read_sidecar(self.p("recording_path"))
-                if not self._instruction and isinstance(sidecar.get("instruction"), str):
-                    self._set_instruction(sidecar["instruction"])
-                self._source.start()
-            else:
-                self._source = RealSenseCamera(RealSenseConfig(
-                    serial=self.p("realsense_serial"), width=self.p("realsense_width"),
-                    height=self.p("realsense_height"), fps=self.p("realsense_fps"),
-                    auto_exposure=self.p("realsense_auto_exposure"), align_depth=self.p("realsense_align_depth")),
-                    self._slot)
-                self._source.start()
+            self._start_source(self.p("camera_source"))
         except (CameraError, RLRCError, OSError) as exc:
             self._stop_source()
-            self._last_error = f"activate: {exc}"
-            self.get_logger().error(f"activate failed: {exc}")
-            self.publish_diagnostics()
-            return TransitionCallbackReturn.FAILURE
+            return self._fail("activate", exc)
+        except Exception as exc:  # noqa: BLE001 - rclpy would turn it into a silent ERROR transition
+            return self._fail_unexpected("activate", exc)
         self._last_frame_time = time.monotonic()
         with self._lock:
             self._active = True
             self._epoch += 1
         self._tick_timer = self.create_timer(1.0 / self.p("rate_hz"), self._on_tick)
         self._status = "active"
-        self.get_logger().info(f"active: camera_source={source}, rate {self.p('rate_hz')} Hz")
+        self.get_logger().info(f"active: camera_source={self.p('camera_source')}, rate {self.p('rate_hz')} Hz")
+        self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
+
+    def _start_source(self, source: str) -> None:
+        """Subscribe to the image topic, or start the recording / the RealSense; raises CameraError."""
+        if source == "topic":
+            compressed = self.p("image_transport") == "compressed"
+            if compressed:
+                require_opencv()  # fail activation, not every frame, when the decoder is missing
+            self._decode_image = compressed_msg_to_rgb if compressed else image_msg_to_rgb
+            self._image_sub = self.create_subscription(CompressedImage if compressed else Image,
+                                                       self.p("image_topic"), self._on_image,
+                                                       qos_profile_sensor_data)
+        elif source == "recording":
+            self._source = RecordingPlayer(self.p("recording_path"), self._slot, realtime=self.p("realtime"))
+            sidecar = read_sidecar(self.p("recording_path"))
+            if not self._instruction and isinstance(sidecar.get("instruction"), str):
+                self._set_instruction(sidecar["instruction"])
+            self._source.start()
+        else:
+            self._source = RealSenseCamera(RealSenseConfig(
+                serial=self.p("realsense_serial"), width=self.p("realsense_width"),
+                height=self.p("realsense_height"), fps=self.p("realsense_fps"),
+                auto_exposure=self.p("realsense_auto_exposure"), align_depth=self.p("realsense_align_depth")),
+                self._slot)
+            self._source.start()
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._stop_active()
@@ -284,8 +325,16 @@ class VLANode(LifecycleNode):
     def on_error(self, state: State) -> TransitionCallbackReturn:
         self._stop_active()
         self._release_all()
-        self._status = "error"
+        self._status = "error"  # until a configure succeeds; last_error says why (see _fail_unexpected)
+        self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        """Hold, wait for the inference in flight and release, whatever the lifecycle state: a node
+        destroyed while active must not leave a worker publishing on destroyed publishers."""
+        self._stop_active()
+        self._release_all()
+        super().destroy_node()
 
     def _stop_active(self) -> None:
         with self._lock:
@@ -301,6 +350,9 @@ class VLANode(LifecycleNode):
             worker.join(timeout=30.0)  # its result is dropped (epoch moved on); bounded wait
         if was_active:
             self.publish_hold("deactivated")
+        with self._lock:
+            self._camera_lost = False  # nothing is expected from the camera while inactive
+            self._holding = ""
 
     def _stop_source(self) -> None:
         self._slot.close()
@@ -407,15 +459,18 @@ class VLANode(LifecycleNode):
             if self._camera_lost:
                 self._camera_lost = False
                 self.get_logger().info("camera frames are back")
+                self.publish_diagnostics()
         elif self._source is not None and self._source.finished.is_set():
             if not self._source_finished:
                 self._source_finished = True
                 self.get_logger().info("recording finished")
                 self.publish_hold("recording finished")
+                self.publish_diagnostics()
             return
         elif now - self._last_frame_time > self.p("camera_timeout_ms") / 1e3 and not self._camera_lost:
             self._camera_lost = True
             self._count("camera_losses", f"no frame for {self.p('camera_timeout_ms'):.0f} ms")
+            self.get_logger().error(f"camera lost: no frame for {self.p('camera_timeout_ms'):.0f} ms; holding")
             self.publish_hold("camera lost")
             self.publish_diagnostics()
             return
@@ -447,10 +502,11 @@ class VLANode(LifecycleNode):
             self._count("input_errors", str(exc))
             self._finish_hold(epoch, "malformed input")
             return
+        except NonFiniteOutputError as exc:  # NaN/Inf logits or hidden states: the step has no safe action
+            self._step_failed("nonfinite_actions", exc, epoch, "non-finite output")
+            return
         except Exception as exc:  # noqa: BLE001 - a failed step must hold the robot, not kill the node
-            name = "nonfinite_actions" if "non-finite" in str(exc) else "inference_errors"
-            self._count(name, f"{type(exc).__name__}: {exc}")
-            self._finish_hold(epoch, "inference failed")
+            self._step_failed("inference_errors", exc, epoch, "inference failed")
             return
         try:
             command = self._pipeline(result.action)
@@ -478,6 +534,12 @@ class VLANode(LifecycleNode):
             with self._lock:
                 self._inflight = False
 
+    def _step_failed(self, counter: str, exc: Exception, epoch: int, reason: str) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        self._count(counter, error)
+        self.get_logger().error(f"{reason}, holding: {error}", throttle_duration_sec=5.0)
+        self._finish_hold(epoch, reason)
+
     def _finish_hold(self, epoch: int, reason: str) -> None:
         with self._lock:
             current = epoch == self._epoch and self._active
@@ -504,6 +566,7 @@ class VLANode(LifecycleNode):
             self._last_gripper = float(command.gripper)
         with self._lock:
             self.counters["actions_published"] += 1
+            self._holding = ""
 
     def publish_hold(self, reason: str) -> None:
         """Zero twist now (+ the last gripper command again); never anything on ~/action."""
@@ -519,6 +582,8 @@ class VLANode(LifecycleNode):
         with self._lock:
             self.counters["holds_published"] += 1
             self._last_hold = reason
+            if reason in HOLD_LEVELS:
+                self._holding = reason
 
     def diagnostics_values(self) -> dict[str, str]:
         """Everything /diagnostics reports, as strings (also handy for tests and logs)."""
@@ -538,6 +603,7 @@ class VLANode(LifecycleNode):
                 "camera_lost": str(self._camera_lost).lower(),
                 "recording_finished": str(self._source_finished).lower(),
                 "last_hold_reason": self._last_hold,
+                "holding": self._holding,
                 "last_error": self._last_error,
             }
         counters["frames_received"] = max(counters["frames_received"], self._slot.received)
@@ -555,25 +621,8 @@ class VLANode(LifecycleNode):
     def publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
         status = DiagnosticStatus(name=DIAG_NAME, hardware_id=values["bundle_id"] or "none")
-        problems = [k for k in ("nonfinite_actions", "inference_errors", "input_errors", "camera_losses",
-                                "deadline_misses", "stale_frames") if values[k] != "0"]
-        if values["lifecycle"] in ("configure failed", "error") or values["camera_lost"] == "true":
-            status.level = DiagnosticStatus.ERROR
-        elif values["paused"] == "true" or problems or not values["instruction"]:
-            status.level = DiagnosticStatus.WARN
-        else:
-            status.level = DiagnosticStatus.OK
-        parts = [values["lifecycle"]]
-        if values["paused"] == "true":
-            parts.append("paused")
-        if values["camera_lost"] == "true":
-            parts.append("camera lost")
-        if values["lifecycle"] == "active" and not values["instruction"]:
-            parts.append("waiting for an instruction")
-        parts += [f"{k}={values[k]}" for k in problems]
-        if values["last_error"]:
-            parts.append(f"last error: {values['last_error']}")
-        status.message = "; ".join(parts)[:1000]
+        status.level = diagnostic_level(values)
+        status.message = diagnostic_message(values)
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
@@ -582,6 +631,40 @@ class VLANode(LifecycleNode):
             self._diag_pub.publish(array)
         except Exception:  # noqa: BLE001 - the context may be shutting down
             pass
+
+
+PROBLEM_COUNTERS = ("nonfinite_actions", "inference_errors", "input_errors", "camera_losses", "deadline_misses",
+                    "stale_frames")
+
+
+def diagnostic_level(values: dict[str, str]) -> bytes:
+    """The node's state now: ERROR when it cannot act (a failed transition, the camera lost, the policy
+    failing), WARN when it holds for a passing reason or waits, OK when it acts. The problem counters are
+    totals since start: they are in the message, not in the level, so the level recovers with the node."""
+    hold = HOLD_LEVELS.get(values["holding"])
+    if values["lifecycle"] in FAILED_STATES or values["camera_lost"] == "true" or hold == "error":
+        return DiagnosticStatus.ERROR
+    waiting = values["lifecycle"] == "active" and not values["instruction"]
+    if values["paused"] == "true" or hold == "warn" or waiting:
+        return DiagnosticStatus.WARN
+    return DiagnosticStatus.OK
+
+
+def diagnostic_message(values: dict[str, str]) -> str:
+    """One line: the state, why the node holds, the problem counters, the last error."""
+    parts = [values["lifecycle"]]
+    if values["paused"] == "true":
+        parts.append("paused")
+    if values["camera_lost"] == "true":
+        parts.append("camera lost")
+    if values["holding"]:
+        parts.append(f"holding: {values['holding']}")
+    if values["lifecycle"] == "active" and not values["instruction"]:
+        parts.append("waiting for an instruction")
+    parts += [f"{k}={values[k]}" for k in PROBLEM_COUNTERS if values[k] != "0"]
+    if values["last_error"]:
+        parts.append(f"last error: {values['last_error']}")
+    return "; ".join(parts)[:1000]
 
 
 def main(args: list[str] | None = None) -> None:

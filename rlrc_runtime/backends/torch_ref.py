@@ -14,6 +14,7 @@ from export.checkpoint import load_model
 from rlrc_runtime.backends.base import Backend
 from rlrc_runtime.config import VLAConfig
 from rlrc_runtime.errors import BackendError
+from rlrc_runtime.prompt import require_positions
 
 
 class TorchBackend(Backend):
@@ -46,8 +47,12 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def generate(self, patch_embeddings: Any, input_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        parallel = self.config.decoding == "parallel"  # every token of the chunk from one decoder pass
+        # Positions the generated tokens occupy: all N slots in parallel, N - 1 fed back autoregressively.
+        require_positions(len(input_ids), patch_embeddings.shape[1], max_new_tokens - (0 if parallel else 1),
+                          self.config.llm.max_position_embeddings, "text_config.max_position_embeddings")
         ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))[None].to(self.device)
-        if self.config.decoding == "parallel":  # every token of the chunk from one decoder pass
+        if parallel:
             tokens = self.model.generate_parallel(patch_embeddings, ids, max_new_tokens)
         else:
             tokens = self.model.generate(patch_embeddings, ids, max_new_tokens)

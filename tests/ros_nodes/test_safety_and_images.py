@@ -30,3 +30,24 @@ def test_commands_are_scaled_mapped_and_clamped():
     assert cmd.raw.dtype == np.float32 and cmd.raw[1] == np.float32(0.1)
     huge = pipeline(np.full(7, 1e30))
     assert all(abs(v) <= 0.3 for v in huge.linear) and all(math.isfinite(v) for v in huge.angular)
+
+
+def test_command_check_accepts_every_pipeline_output_and_names_what_is_unsafe():
+    from rlrc_runtime.action import ActionStats
+    from ros_nodes.safety import CommandCheck
+
+    limits = CommandLimits(max_linear_speed=0.3, max_angular_speed=0.5, gripper_limits=(0.0, 1.0))
+    stats = ActionStats(q01=np.full(7, -0.02), q99=np.full(7, 0.02), mask=np.array([True] * 6 + [False]))
+    check = CommandCheck.for_policy(limits, stats)
+    pipeline = ActionPipeline(limits=limits)
+    for action in np.random.default_rng(0).uniform(-1, 1, (50, 7)) * np.array([0.02] * 6 + [1.0]):
+        cmd = pipeline(action)
+        assert check.action(cmd.raw) is None and check.twist(cmd.linear, cmd.angular) is None
+        assert check.gripper(cmd.gripper) is None
+    assert "7 finite values" in check.action([0.0] * 6 + [np.nan])
+    assert "outside" in check.action([0.03] + [0.0] * 6)
+    assert check.action([0.0] * 6 + [-1.0]) is None  # an unmasked dimension spans [-1, 1]
+    assert "max_linear_speed=0.3" in check.twist([0.31, 0, 0], [0, 0, 0])
+    assert "max_angular_speed=0.5" in check.twist([0, 0, 0], [0, 0, -0.6])
+    assert "not finite" in check.twist([np.inf, 0, 0], [0, 0, 0])
+    assert "gripper_limits" in check.gripper(1.5) and "gripper_limits" in check.gripper(np.nan)

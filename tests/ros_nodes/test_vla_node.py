@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.ros
 
-from ros_harness import INSTRUCTION, WAIT_S, wait_for  # noqa: E402
+from ros_harness import (INSTRUCTION, WAIT_S, configure_activate, counter, image_msg, make_node,  # noqa: E402
+                         make_recording, publish_until, wait_for)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import TwistStamped  # noqa: E402
@@ -26,43 +26,14 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, Float32MultiArray, Float64, String  # noqa: E402
 
-from ros_nodes.images import fill_image_msg  # noqa: E402
 from ros_nodes.params import VLA_NODE_PARAMS  # noqa: E402
 from ros_nodes.vla_node import VLANode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_node(ros, bundle: Path, **params) -> VLANode:
-    defaults = {"bundle_path": str(bundle), "rate_hz": 50.0, "deadline_ms": 600000.0, "warmup_iterations": 0,
-                "diagnostics_period_s": 0.2, "camera_timeout_ms": 600000.0}
-    defaults.update(params)
-    overrides = [Parameter(k, value=v) for k, v in defaults.items()]
-    return ros.add(VLANode(context=ros.context, parameter_overrides=overrides))
-
-
 def state_id(node: VLANode) -> int:
     return node._state_machine.current_state[0]
-
-
-def image_msg(node_clock, stamp_offset_s: float = 0.0, encoding: str = "rgb8", size=(48, 64)) -> Image:
-    msg = fill_image_msg(Image(), np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8))
-    if encoding != "rgb8":
-        msg.encoding = encoding
-    now = node_clock.now().nanoseconds + int(stamp_offset_s * 1e9)
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
-    return msg
-
-
-def configure_activate(node: VLANode) -> None:
-    from rclpy.lifecycle import TransitionCallbackReturn
-
-    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-
-
-def counter(node: VLANode, name: str) -> int:
-    return int(node.diagnostics_values()[name])
 
 
 def test_recording_one_valid_action_per_frame(ros, node_ckpt, recording):
@@ -142,15 +113,6 @@ def test_parameters_declared_with_descriptors_and_validated(ros, node_ckpt):
     ros.close(node)
 
 
-def _publish_until(ros, pub, make_msg, done, what: str, period: float = 0.3) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        pub.publish(make_msg())
-        time.sleep(period)
-
-
 def test_pause_stops_actions_and_stale_frames_hold(ros, node_ckpt):
     actions = ros.record(Float32MultiArray, "/vla_node/action")
     twists = ros.record(TwistStamped, "/vla_node/cmd_twist")
@@ -164,7 +126,7 @@ def test_pause_stops_actions_and_stale_frames_hold(ros, node_ckpt):
     wait_for(lambda: image_pub.get_subscription_count() > 0 and pause_pub.get_subscription_count() > 0,
              what="subscriptions to match")
     clock = ros.helper.get_clock()
-    _publish_until(ros, image_pub, lambda: image_msg(clock), lambda: len(actions) >= 1, "a first action")
+    publish_until(image_pub, lambda: image_msg(clock), lambda: len(actions) >= 1, "a first action")
 
     # pause: a hold now, no action afterwards, even for fresh frames
     holds_before = counter(node, "holds_published")
@@ -182,7 +144,7 @@ def test_pause_stops_actions_and_stale_frames_hold(ros, node_ckpt):
     pause_pub.publish(Bool(data=False))
     wait_for(lambda: node.diagnostics_values()["paused"] == "false", what="resume")
     n_before, stale_before = len(actions), counter(node, "stale_frames")
-    _publish_until(ros, image_pub, lambda: image_msg(clock, stamp_offset_s=-60.0),
+    publish_until(image_pub, lambda: image_msg(clock, stamp_offset_s=-60.0),
                    lambda: counter(node, "stale_frames") > stale_before, "a stale-frame hold")
     time.sleep(0.5)
     assert len(actions) == n_before
@@ -190,7 +152,7 @@ def test_pause_stops_actions_and_stale_frames_hold(ros, node_ckpt):
     zero = twists[-1].twist
     assert (zero.linear.x, zero.linear.y, zero.linear.z) == (0.0, 0.0, 0.0)
     # a fresh frame works again
-    _publish_until(ros, image_pub, lambda: image_msg(clock), lambda: len(actions) > n_before, "actions to resume")
+    publish_until(image_pub, lambda: image_msg(clock), lambda: len(actions) > n_before, "actions to resume")
     ros.close(node)
 
 
@@ -224,10 +186,10 @@ def test_malformed_inputs_are_diagnosed_not_fatal(ros, node_ckpt):
     zero.width = 0
     for msg in (bad_encoding, short, huge, zero):
         before = errors()
-        _publish_until(ros, image_pub, lambda m=msg: m, lambda: errors() > before, f"input error for {msg.encoding}")
+        publish_until(image_pub, lambda m=msg: m, lambda: errors() > before, f"input error for {msg.encoding}")
     assert "encoding" in node.diagnostics_values()["last_error"] or errors() >= 4
     assert len(actions) == 0
-    _publish_until(ros, image_pub, lambda: image_msg(clock), lambda: len(actions) >= 1, "an action after bad input")
+    publish_until(image_pub, lambda: image_msg(clock), lambda: len(actions) >= 1, "an action after bad input")
     ros.close(node)
 
 
@@ -256,7 +218,7 @@ def test_non_finite_policy_output_is_never_published(ros, node_ckpt, tmp_path):
     def rejected() -> int:
         return counter(node, "nonfinite_actions") + counter(node, "inference_errors")
 
-    _publish_until(ros, image_pub, lambda: image_msg(clock), lambda: rejected() >= 2, "two rejected actions")
+    publish_until(image_pub, lambda: image_msg(clock), lambda: rejected() >= 2, "two rejected actions")
     time.sleep(0.3)
     assert actions == [] and grippers == []
     assert twists and all(t.twist.linear.x == 0.0 and t.twist.angular.z == 0.0 for t in twists)
@@ -267,8 +229,10 @@ def test_non_finite_policy_output_is_never_published(ros, node_ckpt, tmp_path):
     ros.close(node)
 
 
-def test_rlrc_node_entry_point_runs_as_a_plain_process(ros, node_ckpt, recording):
-    path, n = recording
+def test_rlrc_node_entry_point_runs_as_a_plain_process(ros, node_ckpt, tmp_path):
+    # 40 frames, not 4: the process plays them before this test's subscription may have discovered its
+    # publisher, and 4 frames at 50 Hz can all go out in that time.
+    path, n = make_recording(tmp_path / "frames.db3", 40)
     exe = Path(sys.executable).with_name("rlrc-node")
     if not exe.exists():
         pytest.skip("rlrc-node is not installed in this environment (pip install -e .)")
