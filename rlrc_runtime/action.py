@@ -122,4 +122,10 @@ def action_stats(norm_stats: Mapping[str, Any] | None, unnorm_key: str | None) -
     if np.any(q99 < q01):
         bad = np.flatnonzero(q99 < q01).tolist()
         raise NormStatsError(f"norm_stats[{key!r}]['action']: q99 < q01 on dimensions {bad}")
+    with np.errstate(over="ignore"):
+        span = q99 - q01
+    if not np.all(np.isfinite(span)):
+        bad = np.flatnonzero(~np.isfinite(span)).tolist()
+        raise NormStatsError(f"norm_stats[{key!r}]['action']: q99 - q01 overflows on dimensions {bad}; "
+                             "the statistics are not in the robot's action units")
     return ActionStats(q01=q01, q99=q99, mask=mask)

@@ -17,7 +17,7 @@ from rlrc_runtime.action import ActionStats, ActionTokenizer, action_stats, reso
 from rlrc_runtime.backends import BUNDLE_BACKENDS, Backend, backend_class
 from rlrc_runtime.checkpoint import image_stats, read_checkpoint
 from rlrc_runtime.config import VLAConfig
-from rlrc_runtime.errors import BackendError, RLRCError
+from rlrc_runtime.errors import BackendError, NonFiniteOutputError
 from rlrc_runtime.manifest import is_bundle, read_manifest
 from rlrc_runtime.metrics import StageTimer
 from rlrc_runtime.preprocess import ImageTransform
@@ -92,8 +92,8 @@ class Policy:
         with timer.stage("decode"):
             normalized = self.action_tokenizer.decode(tokens).reshape(k, stats.action_dim)  # [K, D]
             chunk = stats.unnormalize(normalized).astype(np.float32)
-        if not np.all(np.isfinite(chunk)):  # unreachable with validated stats; a robot must never see it
-            raise RLRCError(f"non-finite action {chunk.tolist()} from tokens {tokens.tolist()}")
+        if not np.all(np.isfinite(chunk)):  # a last guard: a robot must never see it
+            raise NonFiniteOutputError(f"non-finite action {chunk.tolist()} from tokens {tokens.tolist()}")
         action, normalized = chunk[0], normalized[0]
         timer.ms["total"] = (time.perf_counter() - start) * 1e3
         return InferenceResult(

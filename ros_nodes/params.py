@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 ACTION_LABELS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 CAMERA_SOURCES = ("realsense", "topic", "recording")
+CHUNK_MODES = ("open_loop", "ensemble")  # rlrc_runtime.chunking.MODES (tests keep them equal)
 IMAGE_TRANSPORTS = ("raw", "compressed")
 REALSENSE_COLOR_TOPIC = "/camera/camera/color/image_raw"
 REALSENSE_INFO_TOPIC = "/camera/camera/color/camera_info"
@@ -122,8 +123,16 @@ VLA_NODE_PARAMS: dict[str, Param] = _table([
           range=(1, 100000)),
     # -- timing ----------------------------------------------------------------------------------
     Param("rate_hz", 5.0, "Control rate: at most one inference started per period.", range=(0.1, 1000.0)),
-    Param("deadline_ms", 1000.0, "A frame older than this (before or after inference) yields a hold, not an action.",
+    Param("deadline_ms", 1000.0, "A frame older than this (before or after inference) yields a hold, not an action; "
+          "the i-th action of a chunk (from 0) may be i / rate_hz older.",
           range=(1.0, 3600000.0)),
+    Param("chunk_mode", "open_loop", "How an action-chunk policy (K actions per inference) is executed: open_loop "
+          "(OpenVLA-OFT: its actions in order, one per tick, re-planned after chunk_replan of them) or ensemble "
+          "(ACT temporal ensembling of overlapping chunks). Ignored when K = 1.", choices=CHUNK_MODES),
+    Param("chunk_replan", 0, "Actions sent between two inferences of a chunk policy; 0 = the mode's default "
+          "(open_loop: K, ensemble: 1).", range=(0, 64)),
+    Param("chunk_decay", 0.01, "ensemble: weight exp(-chunk_decay * i) of the i-th oldest prediction for a step.",
+          range=(0.0, 10.0)),
     Param("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", range=(0.05, 60.0)),
     # -- actions -> robot commands ---------------------------------------------------------------
     Param("action_frame_file", "", "Action-frame calibration YAML (calibration/action_frame.py); empty = identity."),

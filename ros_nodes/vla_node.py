@@ -32,6 +32,15 @@ Topics (relative names resolve under the node, e.g. /vla_node/action):
 Nothing unsafe goes out: a step that raises, yields NaN/Inf, or ends after ``deadline_ms`` becomes a
 hold (zero twist, the last gripper command again), never an action.
 
+Action chunks: a policy with K > 1 actions per inference (OpenVLA-OFT parallel decoding) is run by
+an rlrc_runtime.chunking.ChunkExecutor: each tick sends the chunk's next action (chunk_mode
+open_loop) or the ensemble of every chunk covering the step (ensemble), and a new inference starts
+every chunk_replan ticks. The i-th action of a chunk must leave within deadline_ms + i / rate_hz of
+its frame, or the rest of the chunk is dropped with a hold. A new instruction, a pause, a
+deactivation or any hold discards the planned actions. Latency figures stay per inference (one per
+chunk); /diagnostics adds action_chunk, chunk_mode, inferences and inference_rate_hz beside the
+action rate (achieved_rate_hz).
+
 Threads: the executor thread runs callbacks only (they never block); one worker thread runs
 `Policy.infer` (one inference in flight); librealsense threads only put frames in a FrameSlot.
 """
@@ -62,6 +71,7 @@ import rlrc_runtime
 from calibration.action_frame import ActionFrame, load_action_frame
 from rlrc_runtime.camera import (CameraError, Frame, FrameSlot, RealSenseCamera, RealSenseConfig, RecordingPlayer,
                                  read_sidecar)
+from rlrc_runtime.chunking import ChunkExecution, ChunkExecutor
 from rlrc_runtime.errors import InputError, NonFiniteOutputError, RLRCError
 from rlrc_runtime.metrics import LatencyWindow
 from ros_nodes.images import compressed_msg_to_rgb, crop_image, image_msg_to_rgb, require_opencv
@@ -78,7 +88,7 @@ _PTYPE = {
     "double_array": Parameter.Type.DOUBLE_ARRAY,
     "string_array": Parameter.Type.STRING_ARRAY,
 }
-COUNTERS = ("frames_received", "frames_dropped", "frames_used", "actions_published", "holds_published",
+COUNTERS = ("frames_received", "frames_dropped", "frames_used", "inferences", "actions_published", "holds_published",
             "stale_frames", "deadline_misses", "nonfinite_actions", "inference_errors", "input_errors",
             "camera_losses")
 # Why the node is holding, and how loud /diagnostics is while it holds for that reason (until the next
@@ -153,6 +163,12 @@ class VLANode(LifecycleNode):
         self.counters = {name: 0 for name in COUNTERS}
         self._latency = LatencyWindow(size=500)
         self._action_times: deque[float] = deque(maxlen=50)
+        self._inference_times: deque[float] = deque(maxlen=50)
+        self._chunks: ChunkExecutor | None = None  # K > 1 policies: the planned actions
+        self._plan: tuple[Frame, int] | None = None  # the latest chunk's frame and the executor step it starts at
+        self._plan_key: tuple[int, str] = (0, "")  # (epoch, instruction) the planned actions belong to
+        self._latest: Frame | None = None  # the newest frame seen while a chunk runs, for the next plan
+        self._plan_held = False  # a hold went out since the plan: its remaining actions are dropped
         self._policy: Any = None
         self._bundle_id = ""
         self._backend_name = ""
@@ -238,6 +254,9 @@ class VLANode(LifecycleNode):
                             f"[{', '.join(ACTION_LABELS)}] actions")
         for _ in range(self.p("warmup_iterations")):
             self._policy.infer(np.zeros((224, 224, 3), np.uint8), "warm up", unnorm)
+        k = int(getattr(self._policy, "action_chunk", 1))
+        self._chunks = None if k == 1 else ChunkExecutor(k, ChunkExecution(
+            self.p("chunk_mode"), self.p("chunk_replan"), self.p("chunk_decay")))
         self._bundle_id = bundle_id(Path(path))
         backend = getattr(self._policy, "backend", None)
         self._backend_name = str(getattr(backend, "name", "") or self.p("backend"))
@@ -370,6 +389,7 @@ class VLANode(LifecycleNode):
             except RLRCError as exc:
                 self.get_logger().warning(f"closing the policy: {exc}")
             self._policy = None
+        self._chunks, self._plan, self._latest = None, None, None
 
     def _release_all(self) -> None:
         self._release_policy()
@@ -476,8 +496,12 @@ class VLANode(LifecycleNode):
             return
         if paused or not instruction:
             self._slot.take()  # frames seen while paused / without a task are never acted on later
+            self._latest = None
             return
-        frame = self._slot.take()
+        if self._chunks is not None and self._send_planned(epoch, instruction):
+            return
+        frame = self._slot.take() or self._latest
+        self._latest = None
         if frame is None:
             return
         with self._lock:
@@ -492,6 +516,47 @@ class VLANode(LifecycleNode):
         self._worker = threading.Thread(target=self._infer, args=(frame, instruction, epoch), daemon=True,
                                         name="vla_infer")
         self._worker.start()
+
+    def _send_planned(self, epoch: int, instruction: str) -> bool:
+        """Chunk policies, on the executor thread between inferences: send the planned action for this
+        tick; False when the step needs a new inference (nothing planned, or time to re-plan)."""
+        chunks = self._chunks
+        with self._lock:
+            held, self._plan_held = self._plan_held, False
+        if held or self._plan_key != (epoch, instruction):  # a hold, a new task or a pause since the plan
+            self._plan_key = (epoch, instruction)
+            self._drop_plan()
+        if self._plan is None or chunks.needs_plan():
+            return False
+        frame = self._slot.take()
+        if frame is not None:
+            self._latest = frame
+        plan_frame, start = self._plan
+        offset = chunks.step - start  # which action of the newest chunk this step is
+        action = chunks.action()
+        if action is None:
+            return False
+        allowed_ms = self.p("deadline_ms") + offset * 1e3 / self.p("rate_hz")
+        age = self._frame_age_s(plan_frame)
+        if age * 1e3 > allowed_ms:
+            self._count("deadline_misses", f"chunk action {offset} due {age * 1e3:.0f} ms after its frame "
+                                           f"> {allowed_ms:.0f} ms (deadline_ms + {offset} / rate_hz)")
+            self.publish_hold("deadline miss")  # the rest of the chunk is older still: dropped
+            return True
+        command = self._pipeline(action)
+        if command is None:
+            self._count("nonfinite_actions", f"chunk action {np.asarray(action).tolist()} is not finite")
+            self.publish_hold("non-finite action")
+            return True
+        self._publish_command(command, plan_frame)
+        with self._lock:
+            self._action_times.append(time.monotonic())
+        return True
+
+    def _drop_plan(self) -> None:
+        if self._chunks is not None:
+            self._chunks.reset()
+        self._plan = None
 
     def _infer(self, frame: Frame, instruction: str, epoch: int) -> None:
         """Worker thread: one inference, then publish the action or a hold."""
@@ -509,11 +574,19 @@ class VLANode(LifecycleNode):
             self._step_failed("inference_errors", exc, epoch, "inference failed")
             return
         try:
-            command = self._pipeline(result.action)
             with self._lock:
                 current = epoch == self._epoch and self._active and not self._paused
+                self.counters["inferences"] += 1
+                self._inference_times.append(time.monotonic())
             if not current:
                 return  # paused / deactivated / new instruction while inferring: never publish it
+            action = result.action
+            if self._chunks is not None:
+                self._plan_key = (epoch, instruction)
+                self._plan = (frame, self._chunks.step)
+                self._chunks.add(result.chunk)
+                action = self._chunks.action()
+            command = self._pipeline(action)
             if command is None:
                 self._count("nonfinite_actions", f"action {np.asarray(result.action).tolist()} is not finite")
                 self.publish_hold("non-finite action")
@@ -581,6 +654,7 @@ class VLANode(LifecycleNode):
                 self._pubs["gripper"].publish(Float64(data=self._last_gripper))
         with self._lock:
             self.counters["holds_published"] += 1
+            self._plan_held = True
             self._last_hold = reason
             if reason in HOLD_LEVELS:
                 self._holding = reason
@@ -591,6 +665,7 @@ class VLANode(LifecycleNode):
             counters = dict(self.counters)
             summary = self._latency.summary()
             times = list(self._action_times)
+            inference_times = list(self._inference_times)
             values = {
                 "lifecycle": self._status,
                 "backend": self._backend_name or str(self.p("backend")),
@@ -609,8 +684,11 @@ class VLANode(LifecycleNode):
         counters["frames_received"] = max(counters["frames_received"], self._slot.received)
         counters["frames_dropped"] = max(counters["frames_dropped"], self._slot.dropped)
         values.update({k: str(v) for k, v in counters.items()})
-        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
+        rate = _rate(times)
         values["achieved_rate_hz"] = f"{rate:.3f}"
+        values["inference_rate_hz"] = f"{_rate(inference_times):.3f}"
+        values["action_chunk"] = str(self._chunks.k if self._chunks is not None else 1)
+        values["chunk_mode"] = self.p("chunk_mode") if self._chunks is not None else "none"
         values["target_rate_hz"] = f"{self.p('rate_hz'):.3f}"
         values["deadline_ms"] = f"{self.p('deadline_ms'):.1f}"
         for stage, stats in summary.items():
@@ -631,6 +709,11 @@ class VLANode(LifecycleNode):
             self._diag_pub.publish(array)
         except Exception:  # noqa: BLE001 - the context may be shutting down
             pass
+
+
+def _rate(times: list[float]) -> float:
+    """Events per second over a window of monotonic times."""
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
 
 
 PROBLEM_COUNTERS = ("nonfinite_actions", "inference_errors", "input_errors", "camera_losses", "deadline_misses",

@@ -167,10 +167,15 @@ def counter(node: Any, name: str) -> int:
     return int(node.diagnostics_values()[name])
 
 
+def feed_frame(size=(48, 64)) -> np.ndarray:
+    """The RGB image every image_msg (and so every FrameFeed message) carries."""
+    return np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
 def image_msg(node_clock: Any, stamp_offset_s: float = 0.0, encoding: str = "rgb8", size=(48, 64)) -> Image:
     from ros_nodes.images import fill_image_msg
 
-    msg = fill_image_msg(Image(), np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8))
+    msg = fill_image_msg(Image(), feed_frame(size))
     if encoding != "rgb8":
         msg.encoding = encoding
     now = node_clock.now().nanoseconds + int(stamp_offset_s * 1e9)

@@ -53,11 +53,26 @@ def test_sim_robot_publishes_camera_steps_on_actions_and_reports_episodes(ros):
 @pytest.mark.slow
 def test_closed_loop_with_the_tiny_policy(node_ckpt, tmp_path):
     """The mechanics of the closed loop (the trained policy's success rate is a separate benchmark)."""
-    from ros_nodes.closed_loop import run_closed_loop, write_results
+    from ros_nodes.closed_loop import ClosedLoopConfig, run_closed_loop, write_results
 
-    result = run_closed_loop(str(node_ckpt), family="pick", episodes=2, max_steps=4, image_size=64, timeout_s=600)
+    result = run_closed_loop(ClosedLoopConfig(str(node_ckpt), family="pick", episodes=2, max_steps=4, image_size=64,
+                                              timeout_s=600))
     assert result["episodes"] == 2 and result["steps"] == [4, 4] and result["invalid_actions"] == 0
     assert int(result["vla_diagnostics"]["actions_published"]) >= 8
     path = write_results(result, tmp_path, "tiny_test", "pytest")
     assert json.loads(path.read_text())["episodes"] == 2
     assert np.isfinite(result["success_rate"])
+
+
+def test_closed_loop_with_a_chunk_policy_plans_once_per_chunk(ckpt_factory):
+    """A K = 4 parallel-decoding policy through ROS: every sim step gets an action, one inference per 4."""
+    from ros_nodes.closed_loop import ClosedLoopConfig, run_closed_loop
+
+    ckpt = ckpt_factory("tiny-128", action_chunk=4)
+    result = run_closed_loop(ClosedLoopConfig(str(ckpt), family="push", episodes=1, max_steps=8, image_size=64,
+                                              timeout_s=600))
+    diagnostics = result["vla_diagnostics"]
+    assert result["steps"] == [8] and result["invalid_actions"] == 0
+    assert diagnostics["action_chunk"] == "4"
+    assert int(diagnostics["actions_published"]) >= 8
+    assert int(diagnostics["inferences"]) <= int(diagnostics["actions_published"]) // 4 + 1

@@ -77,6 +77,7 @@ def test_unnorm_key_resolution():
     [
         (_stats([0.0, 1.0], [1.0, 0.5]), "q99 < q01 on dimensions \\[1\\]"),
         (_stats([0.0, float("nan")], [1.0, 1.0]), "NaN or Inf"),
+        (_stats([-1e308, 0.0], [1e308, 1.0]), "overflows on dimensions \\[0\\]"),
         (_stats([0.0, 0.0], [1.0]), "equal-length"),
         ({"action": {"q01": [0.0]}}, "lacks 'q99'"),
         ({"proprio": {}}, "no 'action' entry"),
