@@ -8,65 +8,44 @@ Console script: ``rlrc-bench = rlrc_runtime.bench_cli:main`` (also ``python -m r
 """
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import sys
 
 from rlrc_runtime.bench import BenchConfig, format_table, run_bench, write_json, write_plot
-from rlrc_runtime.cli_args import add_arguments, from_namespace
-from rlrc_runtime.errors import RLRCError
+from rlrc_runtime.cli_args import run_command
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlrc-bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_arguments(parser, BenchConfig)
-    return parser
+def bench(cfg: BenchConfig) -> str:
+    report = run_bench(cfg)
+    lines = [format_table(report)]
+    if cfg.json:
+        write_json(report, cfg.json)
+        lines.append(f"wrote {cfg.json}")
+    if cfg.plot and write_plot(report, cfg.plot):
+        lines.append(f"wrote {cfg.plot}")
+    return "\n".join(lines)
 
 
-def project_main(argv: list[str]) -> int:
-    import json
+def project(cfg: object) -> str:
+    from rlrc_runtime.projection import format_projection, run_projection
 
-    from rlrc_runtime.projection import ProjectConfig, format_projection, run_projection
-
-    parser = argparse.ArgumentParser(prog="rlrc-bench --project", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, ProjectConfig)
-    try:
-        cfg = from_namespace(ProjectConfig, parser.parse_args(argv))
-        result = run_projection(cfg)
-    except RLRCError as exc:
-        print(f"rlrc-bench: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_projection(result))
+    result = run_projection(cfg)
+    lines = [format_projection(result)]
     if cfg.json:
         with open(cfg.json, "w") as f:
             json.dump(result, f, indent=2)
-        print(f"wrote {cfg.json}")
-    return 0
+        lines.append(f"wrote {cfg.json}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a == "--project" or a.startswith("--project=") for a in argv):
-        return project_main(argv)
-    ns = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = from_namespace(BenchConfig, ns)
-        report = run_bench(cfg)
-    except RLRCError as exc:
-        print(f"rlrc-bench: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(report))
-    if cfg.json:
-        write_json(report, cfg.json)
-        print(f"wrote {cfg.json}")
-    if cfg.plot:
-        if write_plot(report, cfg.plot):
-            print(f"wrote {cfg.plot}")
-    return 0
+        from rlrc_runtime.projection import ProjectConfig
+
+        return run_command("rlrc-bench --project", __doc__, ProjectConfig, project, argv, log_level=logging.WARNING)
+    return run_command("rlrc-bench", __doc__, BenchConfig, bench, argv, log_level=logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -209,14 +209,24 @@ class VLANode(LifecycleNode):
                 self._last_error = f"{name}: {error}"
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def on_configure(self, state: State) -> TransitionCallbackReturn:
+    def _attempt(self, stage: str, step: Callable[[], None], expected: tuple[type[BaseException], ...],
+                 undo: Callable[[], None]) -> TransitionCallbackReturn | None:
+        """Run one transition's risky ``step``; on an ``expected`` error undo it and fail with the cause,
+        on any other error fail with the traceback (rclpy would turn it into a silent ERROR transition)."""
         try:
-            self._load_policy(self.p("bundle_path"))
-        except (RLRCError, OSError, ValueError) as exc:
-            self._release_policy()
-            return self._fail("configure", exc)
-        except Exception as exc:  # noqa: BLE001 - rclpy would turn it into a silent ERROR transition
-            return self._fail_unexpected("configure", exc)
+            step()
+        except expected as exc:
+            undo()
+            return self._fail(stage, exc)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            return self._fail_unexpected(stage, exc)
+        return None
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        failed = self._attempt("configure", lambda: self._load_policy(self.p("bundle_path")),
+                               (RLRCError, OSError, ValueError), self._release_policy)
+        if failed is not None:
+            return failed
         self._pubs = {
             "action": self.create_publisher(Float32MultiArray, "~/action", 10),
             "cmd_twist": self.create_publisher(TwistStamped, "~/cmd_twist", 10),
@@ -284,13 +294,10 @@ class VLANode(LifecycleNode):
         self._slot = FrameSlot()
         self._source_finished = False
         self._camera_lost = False
-        try:
-            self._start_source(self.p("camera_source"))
-        except (CameraError, RLRCError, OSError) as exc:
-            self._stop_source()
-            return self._fail("activate", exc)
-        except Exception as exc:  # noqa: BLE001 - rclpy would turn it into a silent ERROR transition
-            return self._fail_unexpected("activate", exc)
+        failed = self._attempt("activate", lambda: self._start_source(self.p("camera_source")),
+                               (CameraError, RLRCError, OSError), self._stop_source)
+        if failed is not None:
+            return failed
         self._last_frame_time = time.monotonic()
         with self._lock:
             self._active = True

@@ -32,6 +32,26 @@ def tiny_ckpt(ckpt_factory) -> Path:
     return ckpt_factory("tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_ckpt, tmp_path_factory) -> Path:
+    """The tiny checkpoint as an fp32 ONNX bundle, exported once per session. Read-only: a test that
+    changes a bundle takes ``bundle_copy``."""
+    from export.onnx_export import OnnxExportConfig, export_onnx
+
+    return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("tiny-bundle") / "b",
+                       OnnxExportConfig(exporter="torchscript", check=False))
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of ``tiny_bundle`` that a test may change."""
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
 @pytest.fixture
 def ckpt_copy(tmp_path: Path, tiny_ckpt: Path):
     """A private copy of the tiny checkpoint that a test may damage."""

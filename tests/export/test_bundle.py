@@ -10,30 +10,25 @@ from export.onnx_export import OnnxExportConfig, export_onnx
 from rlrc_runtime.manifest import read_manifest
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_ckpt, tmp_path_factory):
-    return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("bundle") / "b", OnnxExportConfig(exporter="torchscript", check=False))
-
-
-def test_llm_weights_are_stored_once_and_page_aligned(bundle):
-    m = read_manifest(bundle)
-    data = (bundle / "llm.onnx.data").stat().st_size
+def test_llm_weights_are_stored_once_and_page_aligned(tiny_bundle):
+    m = read_manifest(tiny_bundle)
+    data = (tiny_bundle / "llm.onnx.data").stat().st_size
     pre, dec = m.graphs["prefill"].weight_bytes, m.graphs["decode"].weight_bytes
     assert data < pre + dec  # shared, not duplicated
     assert data <= max(pre, dec) + 4096 * 64  # one copy plus alignment padding
     for name in ("prefill", "decode"):
-        model = onnx.load(str(bundle / f"{name}.onnx"), load_external_data=False)
+        model = onnx.load(str(tiny_bundle / f"{name}.onnx"), load_external_data=False)
         ext = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
         assert ext and all({e.key: e.value for e in t.external_data}["location"] == "llm.onnx.data" for t in ext)
         assert all(int({e.key: e.value for e in t.external_data}["offset"]) % 4096 == 0 for t in ext)
     assert m.graphs["prefill"].data_files == ("llm.onnx.data",)
 
 
-def test_overwrite_is_explicit(tiny_ckpt, bundle):
+def test_overwrite_is_explicit(tiny_ckpt, tiny_bundle):
     from rlrc_runtime.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="exists and is not empty.*--overwrite"):
-        export_onnx(tiny_ckpt, bundle, OnnxExportConfig(exporter="torchscript", check=False))
+        export_onnx(tiny_ckpt, tiny_bundle, OnnxExportConfig(exporter="torchscript", check=False))
 
 
 def test_cli_onnx_quantize_pipeline(tiny_ckpt, tmp_path, capsys):

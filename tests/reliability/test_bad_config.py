@@ -97,23 +97,24 @@ def test_the_base_config_parses():
     assert parse(base_config()) == preset_config(PRESETS["tiny"])
 
 
-@pytest.mark.parametrize("name, holder, value", cases("type"))
-def test_wrong_type_names_the_field(name, holder, value):
+def refusal(name: str, holder, value) -> str:
+    """The error message of parsing the base config with field ``name`` set to ``value``."""
     cfg = base_config()
     holder(cfg)[name.rsplit(".", 1)[-1]] = value
     with pytest.raises(ConfigError) as exc:
         parse(cfg)
-    msg = assert_names(exc, name)
+    return assert_names(exc, name)
+
+
+@pytest.mark.parametrize("name, holder, value", cases("type"))
+def test_wrong_type_names_the_field(name, holder, value):
+    msg = refusal(name, holder, value)
     assert "must be" in msg and "the value the model was trained with" in msg
 
 
 @pytest.mark.parametrize("name, holder, value", cases("range"))
 def test_out_of_range_names_the_field(name, holder, value):
-    cfg = base_config()
-    holder(cfg)[name.rsplit(".", 1)[-1]] = value
-    with pytest.raises(ConfigError) as exc:
-        parse(cfg)
-    msg = assert_names(exc, name)
+    msg = refusal(name, holder, value)
     assert "out of range" in msg or "not supported" in msg
 
 

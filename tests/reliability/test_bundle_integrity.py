@@ -14,23 +14,9 @@ from pathlib import Path
 import pytest
 
 import rlrc_runtime as r
-from export.onnx_export import OnnxExportConfig, export_onnx
 from rlrc_runtime.cli import main as predict_main
 from rlrc_runtime.errors import MissingFileError
 from rlrc_runtime.manifest import MANIFEST_FILE, MANIFEST_HASH_FILE, BundleError, ChecksumError, read_manifest
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_ckpt, tmp_path_factory):
-    return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("integrity") / "b",
-                       OnnxExportConfig(exporter="torchscript", check=False))
-
-
-@pytest.fixture
-def copy(bundle, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(bundle, dst)
-    return dst
 
 
 def edit_manifest(bundle: Path, change, rehash: bool = True) -> None:
@@ -50,66 +36,66 @@ def flip_byte(path: Path) -> None:
     path.write_bytes(bytes(blob))
 
 
-def test_an_untouched_copy_loads(copy):
-    read_manifest(copy)
+def test_an_untouched_copy_loads(bundle_copy):
+    read_manifest(bundle_copy)
 
 
-def test_edited_norm_stats_are_refused(copy):
+def test_edited_norm_stats_are_refused(bundle_copy):
     def scale(raw):
         stats = raw["norm_stats"]["tiny_demo"]["action"]
         stats["q99"] = [10 * v for v in stats["q99"]]
 
-    edit_manifest(copy, scale, rehash=False)
+    edit_manifest(bundle_copy, scale, rehash=False)
     with pytest.raises(ChecksumError, match=r"manifest\.json.*edited after export"):
-        r.load_policy(copy)
+        r.load_policy(bundle_copy)
 
 
-def test_manifest_without_its_hash_is_refused(copy):
-    (copy / MANIFEST_HASH_FILE).unlink()
+def test_manifest_without_its_hash_is_refused(bundle_copy):
+    (bundle_copy / MANIFEST_HASH_FILE).unlink()
     with pytest.raises(MissingFileError, match=r"manifest\.sha256 is missing"):
-        read_manifest(copy)
+        read_manifest(bundle_copy)
 
 
-def test_dropping_a_files_entry_does_not_let_a_tampered_file_through(copy):
-    flip_byte(copy / "llm.onnx.data")
-    edit_manifest(copy, lambda raw: raw["files"].pop("llm.onnx.data"))
+def test_dropping_a_files_entry_does_not_let_a_tampered_file_through(bundle_copy):
+    flip_byte(bundle_copy / "llm.onnx.data")
+    edit_manifest(bundle_copy, lambda raw: raw["files"].pop("llm.onnx.data"))
     with pytest.raises(BundleError, match=r"llm\.onnx\.data.*not listed"):
-        read_manifest(copy)
+        read_manifest(bundle_copy)
 
 
-def test_dropping_an_unreferenced_files_entry_is_refused(copy):
-    flip_byte(copy / "tokenizer.json")
-    edit_manifest(copy, lambda raw: raw["files"].pop("tokenizer.json"))
+def test_dropping_an_unreferenced_files_entry_is_refused(bundle_copy):
+    flip_byte(bundle_copy / "tokenizer.json")
+    edit_manifest(bundle_copy, lambda raw: raw["files"].pop("tokenizer.json"))
     with pytest.raises(BundleError, match=r"does not list: \['tokenizer\.json'\]"):
-        read_manifest(copy)
+        read_manifest(bundle_copy)
 
 
-def test_an_added_file_is_refused(copy):
-    (copy / "extra.onnx").write_bytes(b"\0" * 16)
+def test_an_added_file_is_refused(bundle_copy):
+    (bundle_copy / "extra.onnx").write_bytes(b"\0" * 16)
     with pytest.raises(BundleError, match=r"does not list: \['extra\.onnx'\]"):
-        read_manifest(copy)
+        read_manifest(bundle_copy)
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../outside.onnx", "sub/../../outside.onnx"])
-def test_paths_that_leave_the_bundle_are_refused(copy, path):
+def test_paths_that_leave_the_bundle_are_refused(bundle_copy, path):
     def point_out(raw):
         raw["graphs"]["vision"]["file"] = path
         raw["files"][path] = "0" * 64
 
-    edit_manifest(copy, point_out)
+    edit_manifest(bundle_copy, point_out)
     with pytest.raises(BundleError, match="must be relative and stay inside the bundle"):
-        read_manifest(copy)
+        read_manifest(bundle_copy)
     with pytest.raises(BundleError, match="must be relative"):
-        read_manifest(copy, verify=False)  # the path check does not depend on verification
+        read_manifest(bundle_copy, verify=False)  # the path check does not depend on verification
 
 
-def test_a_symlink_out_of_the_bundle_is_refused(copy, tmp_path):
+def test_a_symlink_out_of_the_bundle_is_refused(bundle_copy, tmp_path):
     outside = tmp_path / "outside.json"
-    shutil.copy2(copy / "tokenizer.json", outside)
-    (copy / "tokenizer.json").unlink()
-    os.symlink(outside, copy / "tokenizer.json")  # same bytes, so its sha256 still matches
+    shutil.copy2(bundle_copy / "tokenizer.json", outside)
+    (bundle_copy / "tokenizer.json").unlink()
+    os.symlink(outside, bundle_copy / "tokenizer.json")  # same bytes, so its sha256 still matches
     with pytest.raises(BundleError, match="leads outside the bundle"):
-        read_manifest(copy)
+        read_manifest(bundle_copy)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -118,14 +104,14 @@ def test_a_symlink_out_of_the_bundle_is_refused(copy, tmp_path):
     ('{"format_version": 1, "graphs": []}', "malformed"),
     ("\xff\xfe", "not valid JSON"),
 ])
-def test_malformed_manifests_are_clear_errors(copy, content, message):
-    (copy / MANIFEST_FILE).write_bytes(content.encode("latin-1"))
+def test_malformed_manifests_are_clear_errors(bundle_copy, content, message):
+    (bundle_copy / MANIFEST_FILE).write_bytes(content.encode("latin-1"))
     with pytest.raises(BundleError, match=message):
-        read_manifest(copy, verify=False)
+        read_manifest(bundle_copy, verify=False)
 
 
-def test_the_cli_reports_a_tampered_bundle_with_exit_2(copy, capsys):
-    flip_byte(copy / "vision.onnx.data")
-    assert predict_main(["--policy", str(copy)]) == 2
+def test_the_cli_reports_a_tampered_bundle_with_exit_2(bundle_copy, capsys):
+    flip_byte(bundle_copy / "vision.onnx.data")
+    assert predict_main(["--policy", str(bundle_copy)]) == 2
     err = capsys.readouterr().err
     assert "vision.onnx.data" in err and "Traceback" not in err

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 import rlrc_runtime as r
-from export.onnx_export import OnnxExportConfig, export_onnx
 from rlrc_runtime.errors import MissingFileError
 from rlrc_runtime.manifest import (
     MANIFEST_FILE, MANIFEST_HASH_FILE, BundleError, ChecksumError, EngineMismatchError, EngineSpec, Manifest, check_engine,
@@ -17,26 +15,13 @@ from rlrc_runtime.manifest import (
 )
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_ckpt, tmp_path_factory):
-    return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("manifest") / "b",
-                       OnnxExportConfig(exporter="torchscript", check=False))
-
-
-@pytest.fixture
-def bundle_copy(bundle, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(bundle, dst)
-    return dst
-
-
-def test_every_file_is_hashed_and_the_schema_round_trips(bundle):
-    m = read_manifest(bundle)
-    files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {MANIFEST_FILE, MANIFEST_HASH_FILE}
+def test_every_file_is_hashed_and_the_schema_round_trips(tiny_bundle):
+    m = read_manifest(tiny_bundle)
+    files = {p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file()} - {MANIFEST_FILE, MANIFEST_HASH_FILE}
     assert set(m.files) == files
     assert {"tokenizer.json", "vision.onnx", "prefill.onnx", "decode.onnx", "llm.onnx.data", "embed_tokens.npy"} <= files
-    assert all(m.files[f] == sha256_file(bundle / f) for f in files)
-    raw = json.loads((bundle / MANIFEST_FILE).read_text())
+    assert all(m.files[f] == sha256_file(tiny_bundle / f) for f in files)
+    raw = json.loads((tiny_bundle / MANIFEST_FILE).read_text())
     assert Manifest.from_dict(raw) == m
     assert raw["format_version"] == 1 and raw["norm_stats"]["tiny_demo"]["action"]["q01"][0] == -0.03
     assert raw["prompt"]["append_token_id"] == 29871 and raw["action"]["first_token"] == 31744
@@ -72,8 +57,8 @@ def test_missing_file_and_malformed_manifest(bundle_copy):
         read_manifest(bundle_copy, verify=False)
 
 
-def test_bundle_policy_reads_every_fact_from_the_manifest(bundle, tiny_ckpt):
-    with r.load_policy(bundle) as p:  # backend 'auto' -> onnxruntime for a bundle without engines
+def test_bundle_policy_reads_every_fact_from_the_manifest(tiny_bundle, tiny_ckpt):
+    with r.load_policy(tiny_bundle) as p:  # backend 'auto' -> onnxruntime for a bundle without engines
         assert p.backend.name == "onnxruntime"
         ref = r.load_policy(tiny_ckpt)
         assert p.image_transform == ref.image_transform and p.norm_stats == ref.norm_stats

@@ -8,21 +8,15 @@ import numpy as np
 import pytest
 
 import rlrc_runtime as r
-from export.onnx_export import OnnxExportConfig, export_onnx
 from export.quantize_deploy import QuantizeConfig, quantize_bundle
 from rlrc_runtime.errors import BackendError, ConfigError
 from rlrc_runtime.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_ckpt, tmp_path_factory):
-    return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("ort") / "fp32", OnnxExportConfig(exporter="torchscript", check=False))
-
-
-@pytest.fixture(scope="module")
-def quantized(bundle, tmp_path_factory):
+def quantized(tiny_bundle, tmp_path_factory):
     base = tmp_path_factory.mktemp("ortq")
-    return {p: quantize_bundle(bundle, base / p, QuantizeConfig(precision=p)) for p in ("int8", "int4")}
+    return {p: quantize_bundle(tiny_bundle, base / p, QuantizeConfig(precision=p)) for p in ("int8", "int4")}
 
 
 def frames(n, seed=0):
@@ -32,16 +26,16 @@ def frames(n, seed=0):
         yield rng.integers(0, 256, (int(rng.integers(40, 300)), int(rng.integers(40, 300)), 3), dtype=np.uint8), texts[i % 4]
 
 
-def test_backend_choice_and_errors(bundle, tiny_ckpt):
+def test_backend_choice_and_errors(tiny_bundle, tiny_ckpt):
     with pytest.raises(BackendError, match="runs bundles.*rlrc-export pipeline"):
         r.load_policy(tiny_ckpt, backend="onnxruntime")
     with pytest.raises(BackendError, match="backend 'torch' cannot run the bundle"):
-        r.load_policy(bundle, backend="torch")
+        r.load_policy(tiny_bundle, backend="torch")
     with pytest.raises(BackendError, match="CUDAExecutionProvider.*onnxruntime-gpu"):
-        r.load_policy(bundle, device="cuda")
+        r.load_policy(tiny_bundle, device="cuda")
     with pytest.raises(BackendError, match="device='npu'"):
-        r.load_policy(bundle, device="npu")
-    p = r.load_policy(bundle, backend="onnxruntime", intra_op_num_threads=1)
+        r.load_policy(tiny_bundle, device="npu")
+    p = r.load_policy(tiny_bundle, backend="onnxruntime", intra_op_num_threads=1)
     d = p.describe()
     assert d["backend"] == "onnxruntime" and d["providers"] == ["CPUExecutionProvider"] and d["precision"] == "fp32"
     res = p.infer(np.zeros((30, 40, 3), np.uint8), "go")
@@ -49,10 +43,10 @@ def test_backend_choice_and_errors(bundle, tiny_ckpt):
     assert res.timings_ms["llm"] >= sum(p.backend.step_timings_ms.values()) * 0.99
 
 
-def test_bundle_runtime_path_is_torch_free(bundle):
+def test_bundle_runtime_path_is_torch_free(tiny_bundle):
     code = (
         "import sys, numpy as np, rlrc_runtime as r;"
-        f"p = r.load_policy({str(bundle)!r});"
+        f"p = r.load_policy({str(tiny_bundle)!r});"
         "a = p.predict_action(np.zeros((48, 64, 3), np.uint8), 'go');"
         "heavy = [m for m in ('torch', 'export', 'onnx') if m in sys.modules];"
         "print(a.shape, heavy)"
@@ -63,9 +57,9 @@ def test_bundle_runtime_path_is_torch_free(bundle):
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_quantized_bundles_load_run_and_agree(bundle, quantized, precision):
+def test_quantized_bundles_load_run_and_agree(tiny_bundle, quantized, precision):
     m = read_manifest(quantized[precision])
-    fp32 = read_manifest(bundle)
+    fp32 = read_manifest(tiny_bundle)
     assert m.precision == precision and m.graphs["vision"].precision == "fp32"
     assert m.graphs["decode"].weight_bytes < fp32.graphs["decode"].weight_bytes / 3
     if precision == "int4":  # 4-bit decoder, 8-bit head: below the all-int8 bundle
@@ -73,7 +67,7 @@ def test_quantized_bundles_load_run_and_agree(bundle, quantized, precision):
     assert [s["stage"] for s in m.stages] == ["onnx", "quantize"]
     ops = {n.op_type for n in __import__("onnx").load(str(quantized[precision] / "decode.onnx"), load_external_data=False).graph.node}
     assert ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops) if precision == "int8" else "MatMulNBits" in ops
-    ref, q = r.load_policy(bundle), r.load_policy(quantized[precision])
+    ref, q = r.load_policy(tiny_bundle), r.load_policy(quantized[precision])
     same_seq = same_tok = 0
     n = 6
     for img, text in frames(n):
@@ -94,18 +88,18 @@ def test_quantize_needs_an_fp32_bundle(quantized, tmp_path):
         QuantizeConfig(precision="int4", block_size=24)
 
 
-def test_int4_keeps_the_head_at_8_bits(bundle, quantized, tmp_path):
+def test_int4_keeps_the_head_at_8_bits(tiny_bundle, quantized, tmp_path):
     from export.quantize_deploy import _head_nodes
 
     import onnx
 
-    head = _head_nodes(onnx.load(str(bundle / "decode.onnx"), load_external_data=False))
+    head = _head_nodes(onnx.load(str(tiny_bundle / "decode.onnx"), load_external_data=False))
     assert head
     nodes = onnx.load(str(quantized["int4"] / "decode.onnx"), load_external_data=False).graph.node
     kinds = {n.op_type for n in nodes if any(n.name.startswith(h + "_") for h in head)}
     assert "MatMulInteger" in kinds and "MatMulNBits" not in kinds  # the head: dynamic int8
     assert any(n.op_type == "MatMulNBits" for n in nodes)  # the decoder: 4-bit
-    all4 = quantize_bundle(bundle, tmp_path / "all4", QuantizeConfig(precision="int4", head_bits=4))
+    all4 = quantize_bundle(tiny_bundle, tmp_path / "all4", QuantizeConfig(precision="int4", head_bits=4))
     nodes4 = onnx.load(str(all4 / "decode.onnx"), load_external_data=False).graph.node
     assert {n.op_type for n in nodes4 if any(n.name.startswith(h + "_") for h in head)} == {"MatMulNBits"}
     with pytest.raises(ConfigError, match="head_bits=6"):
