@@ -134,6 +134,8 @@ VLA_NODE_PARAMS: dict[str, Param] = _table([
     Param("chunk_decay", 0.01, "ensemble: weight exp(-chunk_decay * i) of the i-th oldest prediction for a step.",
           range=(0.0, 10.0)),
     Param("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", range=(0.05, 60.0)),
+    Param("diagnostics_file", "", "Also write the latest diagnostics (level, message, values) to this JSON file, "
+          "replaced atomically every diagnostics period and at shutdown, for scripts without ROS; empty = off."),
     # -- actions -> robot commands ---------------------------------------------------------------
     Param("action_frame_file", "", "Action-frame calibration YAML (calibration/action_frame.py); empty = identity."),
     Param("action_scale", [1.0] * 7, "Per-dimension factors applied to the raw action before the action frame "

@@ -47,7 +47,9 @@ Threads: the executor thread runs callbacks only (they never block); one worker 
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -72,7 +74,7 @@ from calibration.action_frame import ActionFrame, load_action_frame
 from rlrc_runtime.camera import (CameraError, Frame, FrameSlot, RealSenseCamera, RealSenseConfig, RecordingPlayer,
                                  read_sidecar)
 from rlrc_runtime.chunking import ChunkExecution, ChunkExecutor
-from rlrc_runtime.errors import InputError, NonFiniteOutputError, RLRCError
+from rlrc_runtime.errors import ConfigError, InputError, NonFiniteOutputError, RLRCError
 from rlrc_runtime.metrics import LatencyWindow
 from ros_nodes.images import compressed_msg_to_rgb, crop_image, image_msg_to_rgb, require_opencv
 from ros_nodes.params import ACTION_LABELS, VLA_NODE_PARAMS, Param
@@ -117,9 +119,17 @@ def descriptor(p: Param) -> ParameterDescriptor:
 
 
 def declare_table(node: Any, table: dict[str, Param]) -> None:
+    """Declare every entry; an override of the wrong type is a ConfigError naming the parameter and the fix."""
+    from rclpy.exceptions import InvalidParameterTypeException
+
     for p in table.values():
         default = list(p.default) if isinstance(p.default, tuple) else p.default
-        node.declare_parameter(p.name, default, descriptor(p))
+        try:
+            node.declare_parameter(p.name, default, descriptor(p))
+        except InvalidParameterTypeException as exc:
+            hint = (f"; ROS reads a value of digits as a number (and drops leading zeros): quote it, e.g. "
+                    f"-p {p.name}:=\"'012345678901'\"" if p.kind == "string" else "")
+            raise ConfigError(f"parameter {p.name} must be a {p.kind.replace('_', ' ')} ({exc}){hint}") from None
 
 
 def validate_parameters(table: dict[str, Param], params: list[Parameter]) -> SetParametersResult:
@@ -346,6 +356,7 @@ class VLANode(LifecycleNode):
         self._stop_active()
         self._release_all()
         self._status = "finalized"
+        self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: State) -> TransitionCallbackReturn:
@@ -716,6 +727,19 @@ class VLANode(LifecycleNode):
             self._diag_pub.publish(array)
         except Exception:  # noqa: BLE001 - the context may be shutting down
             pass
+        if self.p("diagnostics_file"):
+            self._write_diagnostics_file(values, status)
+
+    def _write_diagnostics_file(self, values: dict[str, str], status: DiagnosticStatus) -> None:
+        """The latest status as JSON, replaced atomically (a reader never sees half a file)."""
+        path = Path(self.p("diagnostics_file"))
+        level = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN"}.get(status.level, "ERROR")
+        try:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps({"level": level, "message": status.message, "values": values}, indent=1))
+            tmp.replace(path)
+        except OSError as exc:
+            self.get_logger().warning(f"diagnostics_file {path}: {exc}", throttle_duration_sec=60.0)
 
 
 def _rate(times: list[float]) -> float:
@@ -772,7 +796,12 @@ def main(args: list[str] | None = None) -> None:
     # Ctrl-C or `ros2 launch`'s SIGINT would leave the node spinning.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    node = VLANode()
+    try:
+        node = VLANode()
+    except ConfigError as exc:
+        print(f"rlrc-node: error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(2)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -1,17 +1,24 @@
 """The main job: checkpoint -> compressed bundle -> latency benchmark -> ROS 2 node in the loop -> summary.
 
     bash scripts/main.sh [--checkpoint CKPT] [--data demos.hdf5] [--quantize int8|int4] [--work DIR]
+                         [--camera sim|realsense|recording [--recording R.db3] [--serial S] [--seconds N]]
 
 Every stage is one of the commands the README documents, run as a subprocess with its log under
 --work; the summary is read back from the JSON files they write (and written to WORK/summary.json).
 The checkpoint defaults to the built-in benchmark's base policy when `benchmarks/base_policy.sh` has
 built it, else a small OpenVLA-format model (random weights) made here.
+
+The last stage runs the ROS 2 node on the bundle: with the simulated robot in the loop
+(`rlrc-closed-loop`, the default), or as `rlrc-node` on a live RealSense camera (`--camera realsense`)
+or a RealSense recording (`--camera recording --recording R.db3`) for `--seconds`, stopped with SIGINT
+as a launcher stops it; its final /diagnostics come back through the node's `diagnostics_file`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,7 +55,20 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "model, 300 on the base policy)")
     ap.add_argument("--episodes", type=int, default=2, help="closed-loop episodes of the ROS 2 node (default: 2)")
     ap.add_argument("--work", default="artifacts/main", help="where every artifact goes (default: artifacts/main)")
+    ap.add_argument("--camera", default="sim", choices=["sim", "realsense", "recording"],
+                    help="what feeds the ROS 2 node: the simulated robot in the loop (default), a live RealSense "
+                         "camera, or a RealSense recording (--recording)")
+    ap.add_argument("--recording", default="", help="with --camera recording: the RealSense recording (.db3)")
+    ap.add_argument("--serial", default="", help="with --camera realsense: the camera's serial (default: the first)")
+    ap.add_argument("--instruction", default="pick up the red block",
+                    help="with --camera realsense|recording: the task given to the node")
+    ap.add_argument("--seconds", type=float, default=20.0,
+                    help="with --camera realsense|recording: how long the node runs once active (default: 20)")
     a = ap.parse_args(argv)
+    if a.camera == "recording" and not Path(a.recording).is_file():
+        print(f"[main] --camera recording needs --recording FILE.db3 (got {a.recording!r}); record one with "
+              "`rlrc-calib capture --record`", file=sys.stderr)
+        return 2
 
     work = (ROOT / a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -86,20 +106,99 @@ def main(argv: list[str] | None = None) -> int:
           [str(BIN / "rlrc-bench"), "--bundle", str(bundle), "--compare", str(ckpt), "--compare-backend", "torch",
            "--iters", "30", "--json", str(work / "bench.json"), "--plot", str(work / "bench.png"), "--no-progress"],
           work / "bench.log")
-    stage(f"ROS 2 node on the bundle, simulated robot in the loop ({a.episodes} episodes)",
-          [str(BIN / "rlrc-closed-loop"), "--bundle", str(bundle), "--family", "pick", "--episodes", str(a.episodes),
-           "--image-size", str(image_size), "--out-dir", str(work), "--tag", "closed_loop"], work / "closed_loop.log")
-    summary = summarize(work, bundle, ckpt, what, trained)
+    if a.camera == "sim":
+        stage(f"ROS 2 node on the bundle, simulated robot in the loop ({a.episodes} episodes)",
+              [str(BIN / "rlrc-closed-loop"), "--bundle", str(bundle), "--family", "pick", "--episodes",
+               str(a.episodes), "--image-size", str(image_size), "--out-dir", str(work), "--tag", "closed_loop"],
+              work / "closed_loop.log")
+        loop = json.loads((work / "closed_loop_closed_loop.json").read_text())
+        node, source = loop["vla_diagnostics"], str(work / "closed_loop_closed_loop.json")
+    else:
+        node = run_node(bundle, work, a.camera, recording=a.recording, serial=a.serial, instruction=a.instruction,
+                        seconds=a.seconds)
+        loop, source = None, str(work / "node_diagnostics.json")
+    summary = summarize(work, bundle, ckpt, what, trained, node, source, loop)
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     return 0
 
 
-def summarize(work: Path, bundle: Path, ckpt: Path, what: str, trained: bool) -> dict:
+FAILED = ("configure failed", "activate failed", "error")
+
+
+def run_node(bundle: Path, work: Path, camera: str, *, recording: str, serial: str, instruction: str,
+             seconds: float) -> dict[str, str]:
+    """`rlrc-node` on the bundle with camera_source=``camera`` until ``seconds`` after it is active (a
+    recording: until it ends), then SIGINT; returns its last diagnostics values. Exits 2, naming the
+    node's error, when it never becomes active or publishes no action."""
+    diag, log = work / "node_diagnostics.json", work / "node.log"
+    diag.unlink(missing_ok=True)
+    params = {"bundle_path": bundle, "camera_source": camera, "autostart": True, "instruction": instruction,
+              "diagnostics_file": diag, "diagnostics_period_s": 0.5}
+    if camera == "recording":
+        params["recording_path"] = Path(recording).resolve()
+    if serial:
+        params["realsense_serial"] = serial
+    args = [str(BIN / "rlrc-node"), "--ros-args"] + [x for k, v in params.items() for x in ("-p", f"{k}:={_yaml(v)}")]
+    print(f"[main] ROS 2 node on the bundle, {camera} camera ...", end="", flush=True)
+    t0 = time.perf_counter()
+    values: dict[str, str] = {}
+    with log.open("w") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        active_since, failed = None, ""
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                values = _read_values(diag) or values
+                state = values.get("lifecycle", "")
+                if state in FAILED:
+                    failed = state
+                    break
+                if state == "active" and active_since is None:
+                    active_since = time.perf_counter()
+                if values.get("recording_finished") == "true" or (
+                        active_since is not None and time.perf_counter() - active_since > seconds):
+                    break
+                if active_since is None and time.perf_counter() - t0 > 600:
+                    break
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    values = _read_values(diag) or values
+    if failed or not values or int(values.get("actions_published", "0")) == 0:
+        reason = values.get("last_error") or "no diagnostics were written"
+        print(f" failed: the node published no action ({failed or values.get('lifecycle', 'not started')}: "
+              f"{reason}); its log: {log}", file=sys.stderr)
+        sys.exit(2)
+    print(f" done in {time.perf_counter() - t0:.0f} s (log: {log})")
+    return values
+
+
+def _yaml(value: object) -> str:
+    """A -p value: booleans and numbers as YAML reads them, anything else a single-quoted YAML string
+    (so that a serial made of digits stays a string)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _read_values(path: Path) -> dict[str, str]:
+    try:
+        return json.loads(path.read_text())["values"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def summarize(work: Path, bundle: Path, ckpt: Path, what: str, trained: bool, diag: dict[str, str], node_source: str,
+              loop: dict | None) -> dict:
     bench = json.loads((work / "bench.json").read_text())
-    loop = json.loads((work / "closed_loop_closed_loop.json").read_text())
     mine, ref = bench["runs"][0], bench["runs"][1]
-    diag = loop["vla_diagnostics"]
     return {
         "checkpoint": str(ckpt), "checkpoint_is": what, "bundle": str(bundle),
         "bundle_weight_bytes": mine["weights"]["total_bytes"], "checkpoint_weight_bytes": ref["weights"]["total_bytes"],
@@ -109,9 +208,11 @@ def summarize(work: Path, bundle: Path, ckpt: Path, what: str, trained: bool) ->
         "load_average": bench["load_average"],
         "actions_published": int(diag["actions_published"]), "holds_published": int(diag["holds_published"]),
         "node_latency_ms_p50_p95_p99": [float(diag[f"latency_ms.total.{q}"]) for q in ("p50", "p95", "p99")],
-        "closed_loop": {"episodes": loop["episodes"], "successes": loop["successes"], "trained_policy": trained},
+        "camera_source": diag.get("camera_source", "topic"),
+        "closed_loop": None if loop is None else {"episodes": loop["episodes"], "successes": loop["successes"],
+                                                  "trained_policy": trained},
         "artifacts": {"bundle": str(bundle), "benchmark": str(work / "bench.json"), "plot": str(work / "bench.png"),
-                      "closed_loop": str(work / "closed_loop_closed_loop.json"), "summary": str(work / "summary.json")},
+                      "node": node_source, "summary": str(work / "summary.json")},
     }
 
 
@@ -132,8 +233,11 @@ def print_summary(s: dict) -> None:
     print(f"ROS 2 node  {s['actions_published']} actions published, {s['holds_published']} holds; "
           f"inference p50/p95/p99 {node[0]:.1f}/{node[1]:.1f}/{node[2]:.1f} ms")
     cl = s["closed_loop"]
-    print(f"closed loop {cl['successes']}/{cl['episodes']} episodes succeeded"
-          + ("" if cl["trained_policy"] else " (random weights: success is not expected)"))
+    if cl is not None:
+        print(f"closed loop {cl['successes']}/{cl['episodes']} episodes succeeded"
+              + ("" if cl["trained_policy"] else " (random weights: success is not expected)"))
+    else:
+        print(f"camera      {s['camera_source']} (no success rate without the simulated robot)")
     for k, v in s["artifacts"].items():
         print(f"{k:<11} {v}")
 

@@ -275,3 +275,13 @@ def test_rlrc_node_entry_point_runs_as_a_plain_process(ros, node_ckpt, tmp_path)
             proc.communicate(timeout=30)
     assert proc.returncode == 0, out[-3000:]
     assert "active: camera_source=recording" in out
+
+
+def test_a_serial_of_digits_read_as_a_number_is_a_clear_error():
+    """ROS reads `-p realsense_serial:=012345678901` as an integer (dropping the 0): the node says how to quote it."""
+    out = subprocess.run([sys.executable, "-m", "ros_nodes.vla_node", "--ros-args", "-p", "realsense_serial:=012345"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "parameter realsense_serial must be a string" in out.stderr
+    assert "-p realsense_serial:=\"'012345678901'\"" in out.stderr
+    assert "Traceback" not in out.stderr
