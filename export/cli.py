@@ -23,6 +23,8 @@ class MakeTinyArgs:
     dtype: str = field(default="float32", metadata={"help": "stored dtype", "choices": ["float32", "bfloat16", "float16"]})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing checkpoint at --out"})
     action_chunk: int = field(default=1, metadata={"help": "actions per pass; > 1 makes a parallel-decoding model"})
+    slot_embeddings: str = field(default="zero", metadata={
+        "help": "with --action-chunk > 1: empty action slots or random learned ones", "choices": ["zero", "learned"]})
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ def cmd_make_tiny(args: MakeTinyArgs) -> None:
     from export.tiny import make_tiny, parameter_summary, preset_config, get_preset
 
     out = make_tiny(args.out, preset=args.preset, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite,
-                    action_chunk=args.action_chunk)
+                    action_chunk=args.action_chunk, slot_embeddings=args.slot_embeddings)
     counts = parameter_summary(preset_config(get_preset(args.preset)))
     print(f"wrote {out} (preset {args.preset!r}: {counts['total'] / 1e6:.2f} M parameters, "
           f"LLM {counts['llm'] / 1e6:.2f} M)")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlrc_runtime.config import LLMConfig, TowerConfig, VLAConfig
-from rlrc_runtime.errors import NonFiniteOutputError
+from rlrc_runtime.errors import ConfigError, NonFiniteOutputError
 
 
 # --------------------------------------------------------------------------- vision towers
@@ -375,6 +375,17 @@ class LlamaForCausalLM(nn.Module):
 # --------------------------------------------------------------------------- the VLA
 
 
+def action_slot_count(config: VLAConfig) -> int:
+    """Parallel decoding's action slots: K x the action dimension of the model's norm_stats."""
+    from rlrc_runtime.action import action_stats
+
+    dims = {action_stats(config.norm_stats, key).action_dim for key in config.norm_stats or {}}
+    if len(dims) != 1:
+        raise ConfigError(f"learned action slots are one per action token of a chunk, so the model's norm_stats need "
+                          f"one action dimension for every dataset; found {sorted(dims) or 'no norm_stats'}")
+    return config.action_chunk * dims.pop()
+
+
 class OpenVLA(nn.Module):
     """Vision towers -> projector -> Llama, with the image patches inserted after BOS."""
 
@@ -384,6 +395,29 @@ class OpenVLA(nn.Module):
         self.vision_backbone = VisionBackbone(config)
         self.projector = Projector(config)
         self.language_model = LlamaForCausalLM(config.llm)
+        if config.slot_embeddings == "learned":
+            self.action_slots = nn.Parameter(torch.zeros(action_slot_count(config), config.llm.hidden_size))
+
+    def learn_slot_embeddings(self, seed: int = 0, std: float = 0.02) -> None:
+        """Give parallel decoding one trained input vector per action slot (``action_slots``
+        [K x action_dim, hidden], drawn from N(0, std)) in place of the empty slots, whose outputs
+        the decoder can only tell apart by their positions. A no-op when the model has them."""
+        if hasattr(self, "action_slots"):
+            return
+        self.config = self.config.replace(slot_embeddings="learned")
+        gen = torch.Generator().manual_seed(seed)
+        table = torch.randn(action_slot_count(self.config), self.config.llm.hidden_size, generator=gen) * std
+        self.action_slots = nn.Parameter(table.to(device=self.device, dtype=self.dtype))
+
+    def slot_embeds(self, n_tokens: int) -> torch.Tensor:
+        """[n_tokens, hidden]: what parallel decoding's action slots hold (zeros, or ``action_slots``)."""
+        slots = getattr(self, "action_slots", None)
+        if slots is None:
+            return torch.zeros(n_tokens, self.config.llm.hidden_size, device=self.device, dtype=self.dtype)
+        if slots.shape[0] != n_tokens:
+            raise ConfigError(f"this model has {slots.shape[0]} learned action slots (K x action_dim); {n_tokens} "
+                              "were asked for")
+        return slots
 
     @property
     def dtype(self) -> torch.dtype:
@@ -443,6 +477,9 @@ class OpenVLA(nn.Module):
         pos = torch.arange(embeds.shape[1], device=embeds.device)
         slot = (pos[None] >= first[:, None]) & (pos[None] < (first + n_slots.to(embeds.device))[:, None])  # [B, L]
         embeds = embeds.masked_fill(slot[..., None], 0.0)
+        if hasattr(self, "action_slots"):  # slot k of row b (position first[b] + k) holds action_slots[k]
+            k = (pos[None] - first[:, None]).clamp(0, self.action_slots.shape[0] - 1)  # [B, L]
+            embeds = embeds + self.action_slots.to(embeds.dtype)[k] * slot[..., None]
         return self.language_model.model(embeds, mask=parallel_mask(first, n_slots.to(embeds.device), embeds.shape[1]))
 
     @torch.inference_mode()
@@ -452,7 +489,8 @@ class OpenVLA(nn.Module):
         lm = self.language_model
         embeds = self.multimodal_embeds(input_ids, patch_embeds)  # [B, P + T, H]
         b, first = embeds.shape[0], embeds.shape[1]
-        embeds = torch.cat([embeds, embeds.new_zeros(b, n_tokens, embeds.shape[2])], dim=1)
+        slots = self.slot_embeds(n_tokens).to(embeds.dtype)[None].expand(b, -1, -1)
+        embeds = torch.cat([embeds, slots], dim=1)
         mask = parallel_mask(torch.full((b,), first, device=embeds.device),
                              torch.full((b,), n_tokens, device=embeds.device), embeds.shape[1])
         hidden = lm.model(embeds, mask=mask)[:, first:]  # [B, N, H]

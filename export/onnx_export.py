@@ -199,18 +199,20 @@ class ChunkGraph(_LLMGraph):
     """Parallel decoding (OpenVLA-OFT): [BOS, patches, prompt] + ``n_tokens`` empty slots -> every
     action token of the chunk (tokens [1, N] int64, logits [1, N, V'] float32) from one pass.
 
-    The slots are zero embeddings at positions T .. T + N - 1; the prompt is causal, the slots see
+    The slots (zero embeddings, or the model's learned ``action_slots``) sit at positions T .. T + N - 1,
+    a constant of the graph; the prompt is causal, the slots see
     the whole prompt and each other (``export.model.parallel_mask``). No cache: nothing follows.
     """
 
     def __init__(self, model: OpenVLA, action_head: bool, embeddings_in_graph: bool, n_tokens: int) -> None:
         super().__init__(model, action_head, embeddings_in_graph)
         self.n_tokens = n_tokens
+        self.register_buffer("slots", model.slot_embeds(n_tokens).detach().clone(), persistent=False)  # zeros or action_slots
 
     def forward(self, *inputs: torch.Tensor):
         prompt = self.prompt_embeds(inputs)
         t, n = prompt.shape[1], self.n_tokens
-        x = torch.cat([prompt, prompt.new_zeros(1, n, prompt.shape[2])], dim=1)  # [1, T + N, hidden]
+        x = torch.cat([prompt, self.slots.to(prompt.dtype)[None]], dim=1)  # [1, T + N, hidden]
         pos = torch.arange(t + n, device=x.device)
         cos, sin = self.rope(pos, x.dtype)
         slots = pos >= t
@@ -493,13 +495,12 @@ def parallel_tokens(config: Any, checkpoint: Path) -> int:
     """Action tokens per pass of a parallel-decoding model (K x action dimensions); 0 if autoregressive."""
     if config.decoding != "parallel":
         return 0
-    from rlrc_runtime.action import action_stats
+    from export.model import action_slot_count
 
-    dims = {action_stats(config.norm_stats, key).action_dim for key in config.norm_stats or {}}
-    if len(dims) != 1:
-        raise ConfigError(f"{checkpoint}: a parallel-decoding bundle fixes its chunk's token count, so its norm_stats "
-                          f"need one action dimension for every dataset; found {sorted(dims) or 'no norm_stats'}")
-    return config.action_chunk * dims.pop()
+    try:
+        return action_slot_count(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{checkpoint}: a parallel-decoding bundle fixes its chunk's token count: {exc}") from None
 
 
 def require_finite_weights(model: nn.Module, checkpoint: Path) -> None:

@@ -152,16 +152,20 @@ def make_tiny(
     overwrite: bool = False,
     max_shard_bytes: int = 2 * 1024**3,
     action_chunk: int = 1,
+    slot_embeddings: str = "zero",
 ) -> Path:
     """Build, randomly initialise and save a preset checkpoint; returns its directory.
 
-    ``action_chunk`` K > 1 makes a parallel-decoding model (K actions per pass, OpenVLA-OFT style).
+    ``action_chunk`` K > 1 makes a parallel-decoding model (K actions per pass, OpenVLA-OFT style),
+    with empty action slots or, ``slot_embeddings='learned'``, random learned ones.
     """
     config = preset_config(get_preset(preset))
     if action_chunk > 1:
         config = config.replace(action_chunk=action_chunk, decoding="parallel")
     model = OpenVLA(config)
     init_weights(model, seed=seed)
+    if slot_embeddings == "learned":
+        model.learn_slot_embeddings(seed=seed)
     model.to(resolve_dtype(dtype))
     with tempfile.TemporaryDirectory() as tok_dir:
         write_tokenizer(tok_dir, model_max_length=config.llm.max_position_embeddings)

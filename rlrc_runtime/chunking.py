@@ -11,7 +11,9 @@ Two ways, both from the action-chunking literature:
 
 ``ChunkExecutor`` keeps the predictions with the control step they are for; ``action()`` returns
 None when nothing covers the current step (the caller must plan first). It never invents an action:
-a step no chunk covers is the caller's to hold.
+a step no chunk covers is the caller's to hold. A caller that keeps sending planned actions while
+the next inference runs (as the VLA node does) passes the step the inference's observation was
+taken at to ``add``, so the new chunk lines up with the robot's motion.
 """
 from __future__ import annotations
 
@@ -70,17 +72,28 @@ class ChunkExecutor:
         """True when the current step calls for an inference."""
         return self._last_plan is None or self.step - self._last_plan >= self.period
 
-    def add(self, chunk: np.ndarray) -> None:
-        """A chunk [K, D] planned for the current step onward."""
+    def add(self, chunk: np.ndarray, start: int | None = None) -> bool:
+        """A chunk [K, D] whose first action is for control step ``start`` (default: the current step).
+
+        A chunk planned from an observation at step ``start`` that arrives while older actions kept the
+        robot moving (``start`` < the current step) is aligned to its observation: its first
+        ``step - start`` actions are already past and never sent. Returns False, adding nothing, for a
+        chunk that no longer covers the current step."""
         chunk = np.asarray(chunk, dtype=np.float32)
         if chunk.ndim != 2 or chunk.shape[0] != self.k:
             raise ConfigError(f"a chunk of shape {chunk.shape} was given; this executor runs [{self.k}, D] chunks")
-        self._last_plan = self.step
-        self._chunks.append((self.step, chunk))
+        start = self.step if start is None else int(start)
+        if start > self.step:
+            raise ConfigError(f"a chunk for step {start} was given at step {self.step}; plans start at or before now")
+        if start + self.k <= self.step:
+            return False
+        self._last_plan = start
+        self._chunks.append((start, chunk))
         if self.execution.mode == "open_loop":
             self._chunks = self._chunks[-1:]
         else:  # drop chunks that no longer cover the current step
             self._chunks = [(s, c) for s, c in self._chunks if s + self.k > self.step]
+        return True
 
     def action(self) -> np.ndarray | None:
         """The action [D] for the current step, or None when no chunk covers it; advances the step."""

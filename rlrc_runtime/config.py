@@ -12,6 +12,8 @@ timm ids and a uniform Llama imply (pruned layers, tiny towers, other image or p
 - ``rlrc_action_chunk`` / ``rlrc_decoding``: actions per inference (K) and how their tokens are decoded:
   ``autoregressive`` (OpenVLA: one token per pass, K = 1) or ``parallel`` (OpenVLA-OFT: K x action_dim
   empty slots after the prompt, attending bidirectionally among themselves, decoded in one pass).
+- ``rlrc_slot_embeddings``: what the parallel slots hold: ``zero`` (OFT's empty action embeddings) or
+  ``learned`` (one trained vector per slot, the ``action_slots`` tensor [K x action_dim, hidden]).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ BACKBONE_IMAGE_SIZES: dict[str, tuple[int, ...]] = {
 }
 
 DECODINGS = ("autoregressive", "parallel")
+SLOT_EMBEDDINGS = ("zero", "learned")
 
 
 class _Required:
@@ -217,6 +220,8 @@ OPENVLA_FIELDS: dict[str, FieldSpec] = {
     "norm_stats": FieldSpec(("object",), None, "per-dataset action statistics", nullable=True),
     "rlrc_action_chunk": FieldSpec(("int",), 1, "actions per inference", minimum=1, maximum=64),
     "rlrc_decoding": FieldSpec(("str",), "autoregressive", "how action tokens are decoded", choices=DECODINGS),
+    "rlrc_slot_embeddings": FieldSpec(("str",), "zero", "what parallel decoding's action slots hold",
+                                      choices=SLOT_EMBEDDINGS),
 }
 
 # text_config as transformers 4.40's LlamaConfig reads it: OpenVLA's file lists only the values that
@@ -561,6 +566,9 @@ class VLAConfig:
     """Actions predicted per inference (K); > 1 needs ``decoding='parallel'``."""
     decoding: str = "autoregressive"
     """'autoregressive' (OpenVLA, one token per decoder pass) or 'parallel' (OpenVLA-OFT style)."""
+    slot_embeddings: str = "zero"
+    """Parallel decoding: 'zero' (empty slots, told apart by their positions only) or 'learned' (one
+    trained embedding per slot)."""
     arch_specifier: str = "no-align+fused-gelu-mlp"
     """Prismatic projector spec; recorded for compatibility."""
     norm_stats: dict[str, Any] | None = field(default=None, compare=False)
@@ -592,6 +600,10 @@ class VLAConfig:
             raise ConfigError(f"rlrc_decoding={self.decoding!r}: expected one of {list(DECODINGS)}")
         if not isinstance(self.action_chunk, int) or not 1 <= self.action_chunk <= 64:
             raise ConfigError(f"rlrc_action_chunk={self.action_chunk!r}: expected an integer in [1, 64]")
+        if self.slot_embeddings not in SLOT_EMBEDDINGS:
+            raise ConfigError(f"rlrc_slot_embeddings={self.slot_embeddings!r}: expected one of {list(SLOT_EMBEDDINGS)}")
+        if self.slot_embeddings != "zero" and self.decoding != "parallel":
+            raise ConfigError(f"rlrc_slot_embeddings={self.slot_embeddings!r} needs rlrc_decoding='parallel'")
         if self.action_chunk > 1 and self.decoding != "parallel":
             raise ConfigError(f"rlrc_action_chunk={self.action_chunk} needs rlrc_decoding='parallel' (autoregressive "
                               "decoding predicts one action per pass)")
@@ -701,6 +713,7 @@ class VLAConfig:
             norm_stats=copy.deepcopy(norm_stats),
             action_chunk=top["rlrc_action_chunk"],
             decoding=top["rlrc_decoding"],
+            slot_embeddings=top["rlrc_slot_embeddings"],
             extra={k: copy.deepcopy(v) for k, v in cfg.items() if k not in OPENVLA_FIELDS},
         )
 
@@ -738,6 +751,8 @@ class VLAConfig:
         if self.decoding != "autoregressive" or self.action_chunk != 1:
             out["rlrc_action_chunk"] = self.action_chunk
             out["rlrc_decoding"] = self.decoding
+        if self.slot_embeddings != "zero":
+            out["rlrc_slot_embeddings"] = self.slot_embeddings
         return out
 
     def replace(self, **changes: Any) -> "VLAConfig":

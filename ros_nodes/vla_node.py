@@ -35,7 +35,9 @@ hold (zero twist, the last gripper command again), never an action.
 Action chunks: a policy with K > 1 actions per inference (OpenVLA-OFT parallel decoding) is run by
 an rlrc_runtime.chunking.ChunkExecutor: each tick sends the chunk's next action (chunk_mode
 open_loop) or the ensemble of every chunk covering the step (ensemble), and a new inference starts
-every chunk_replan ticks. The i-th action of a chunk must leave within deadline_ms + i / rate_hz of
+every chunk_replan ticks. While it runs the ticks keep sending what earlier chunks planned (when
+none covers a step, the node waits for the inference), and the new chunk is aligned to the step its
+frame was taken at, so its first actions may already be past. The i-th action of a chunk must leave within deadline_ms + i / rate_hz of
 its frame, or the rest of the chunk is dropped with a hold. A new instruction, a pause, a
 deactivation or any hold discards the planned actions. Latency figures stay per inference (one per
 chunk); /diagnostics adds action_chunk, chunk_mode, inferences and inference_rate_hz beside the
@@ -488,9 +490,13 @@ class VLANode(LifecycleNode):
 
     def _on_tick(self) -> None:
         with self._lock:
-            if not self._active or self._inflight:
+            if not self._active:
                 return
-            paused, instruction, epoch = self._paused, self._instruction, self._epoch
+            paused, instruction, epoch, inflight = self._paused, self._instruction, self._epoch, self._inflight
+        if inflight:  # chunk policies keep moving on what earlier chunks planned while the next one is computed
+            if self._chunks is not None and not paused and instruction:
+                self._send_planned(epoch, instruction)
+            return
         now = time.monotonic()
         if self._slot.pending:
             self._last_frame_time = now
@@ -516,8 +522,13 @@ class VLANode(LifecycleNode):
             self._slot.take()  # frames seen while paused / without a task are never acted on later
             self._latest = None
             return
-        if self._chunks is not None and self._send_planned(epoch, instruction):
-            return
+        plan_step = 0
+        if self._chunks is not None:
+            with self._lock:
+                plan_step, plan_now = self._chunks.step, self._chunks.needs_plan() or self._plan is None
+            self._send_planned(epoch, instruction)
+            if not plan_now:
+                return
         frame = self._slot.take() or self._latest
         self._latest = None
         if frame is None:
@@ -531,53 +542,54 @@ class VLANode(LifecycleNode):
             return
         with self._lock:
             self._inflight = True
-        self._worker = threading.Thread(target=self._infer, args=(frame, instruction, epoch), daemon=True,
+        self._worker = threading.Thread(target=self._infer, args=(frame, instruction, epoch, plan_step), daemon=True,
                                         name="vla_infer")
         self._worker.start()
 
-    def _send_planned(self, epoch: int, instruction: str) -> bool:
-        """Chunk policies, on the executor thread between inferences: send the planned action for this
-        tick; False when the step needs a new inference (nothing planned, or time to re-plan)."""
+    def _send_planned(self, epoch: int, instruction: str) -> None:
+        """Chunk policies, on the executor thread: send what the chunks plan for this control step, if
+        any (the i-th action of a chunk may leave up to i / rate_hz later than deadline_ms)."""
         chunks = self._chunks
         with self._lock:
             held, self._plan_held = self._plan_held, False
-        if held or self._plan_key != (epoch, instruction):  # a hold, a new task or a pause since the plan
-            self._plan_key = (epoch, instruction)
-            self._drop_plan()
-        if self._plan is None or chunks.needs_plan():
-            return False
+            if held or self._plan_key != (epoch, instruction):  # a hold, a new task or a pause since the plan
+                self._plan_key = (epoch, instruction)
+                self._drop_plan()
+            if self._plan is None:
+                return
+            plan_frame, start = self._plan
+            offset = chunks.step - start  # which action of the newest chunk this step is
+            action = chunks.action()
+        if action is None:
+            return
         frame = self._slot.take()
         if frame is not None:
-            self._latest = frame
-        plan_frame, start = self._plan
-        offset = chunks.step - start  # which action of the newest chunk this step is
-        action = chunks.action()
-        if action is None:
-            return False
+            self._latest = frame  # the freshest frame for the next inference
         allowed_ms = self.p("deadline_ms") + offset * 1e3 / self.p("rate_hz")
         age = self._frame_age_s(plan_frame)
         if age * 1e3 > allowed_ms:
             self._count("deadline_misses", f"chunk action {offset} due {age * 1e3:.0f} ms after its frame "
                                            f"> {allowed_ms:.0f} ms (deadline_ms + {offset} / rate_hz)")
             self.publish_hold("deadline miss")  # the rest of the chunk is older still: dropped
-            return True
+            return
         command = self._pipeline(action)
         if command is None:
             self._count("nonfinite_actions", f"chunk action {np.asarray(action).tolist()} is not finite")
             self.publish_hold("non-finite action")
-            return True
+            return
         self._publish_command(command, plan_frame)
         with self._lock:
             self._action_times.append(time.monotonic())
-        return True
 
     def _drop_plan(self) -> None:
+        """Forget the planned actions (under self._lock)."""
         if self._chunks is not None:
             self._chunks.reset()
         self._plan = None
 
-    def _infer(self, frame: Frame, instruction: str, epoch: int) -> None:
-        """Worker thread: one inference, then publish the action or a hold."""
+    def _infer(self, frame: Frame, instruction: str, epoch: int, plan_step: int = 0) -> None:
+        """Worker thread: one inference, then publish the action or a hold (chunk policies: add the chunk,
+        whose first action is for control step ``plan_step``, for the ticks to send)."""
         try:
             image = crop_image(frame.image, self.p("crop"))
             result = self._policy.infer(image, instruction, self.p("unnorm_key") or None)
@@ -598,13 +610,10 @@ class VLANode(LifecycleNode):
                 self._inference_times.append(time.monotonic())
             if not current:
                 return  # paused / deactivated / new instruction while inferring: never publish it
-            action = result.action
             if self._chunks is not None:
-                self._plan_key = (epoch, instruction)
-                self._plan = (frame, self._chunks.step)
-                self._chunks.add(result.chunk)
-                action = self._chunks.action()
-            command = self._pipeline(action)
+                self._add_chunk(result, frame, instruction, epoch, plan_step)
+                return
+            command = self._pipeline(result.action)
             if command is None:
                 self._count("nonfinite_actions", f"action {np.asarray(result.action).tolist()} is not finite")
                 self.publish_hold("non-finite action")
@@ -624,6 +633,18 @@ class VLANode(LifecycleNode):
         finally:
             with self._lock:
                 self._inflight = False
+
+    def _add_chunk(self, result: Any, frame: Frame, instruction: str, epoch: int, plan_step: int) -> None:
+        timings = dict(result.timings_ms)
+        timings["end_to_end"] = self._frame_age_s(frame) * 1e3  # frame -> chunk ready
+        with self._lock:
+            if self._plan_held or self._plan_key != (epoch, instruction):
+                self._plan_held = False
+                self._plan_key = (epoch, instruction)
+                self._drop_plan()
+            if self._chunks.add(result.chunk, start=plan_step):
+                self._plan = (frame, plan_step)
+            self._latency.add(timings)
 
     def _step_failed(self, counter: str, exc: Exception, epoch: int, reason: str) -> None:
         error = f"{type(exc).__name__}: {exc}"

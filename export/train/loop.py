@@ -86,12 +86,13 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices only (not on norms, biases, embeddings, position tables)."""
+    """AdamW groups: weight decay on matrices only (not on norms, biases, embeddings, position tables,
+    action slots)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "embed_tokens" in name or "norm" in name or name.endswith(("pos_embed", "cls_token", "reg_token")):
+        if p.ndim < 2 or "embed_tokens" in name or "norm" in name or name.endswith(("pos_embed", "cls_token", "reg_token", "action_slots")):
             no_decay.append(p)
         else:
             decay.append(p)

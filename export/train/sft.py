@@ -77,6 +77,10 @@ class TrainConfig(RunConfig):
     decoding: str | None = field(default=None, metadata={
         "help": "'autoregressive' (OpenVLA) or 'parallel' (OFT; implied by --action-chunk > 1). Default: --init's "
                 "(from scratch: autoregressive)", "choices": ["autoregressive", "parallel"]})
+    slot_embeddings: str | None = field(default=None, metadata={
+        "help": "parallel decoding: what the action slots hold: 'learned' (one trained vector per slot) or 'zero' "
+                "(OFT's empty slots, which the decoder tells apart only by their positions). Default: --init's; "
+                "'learned' when this run makes the model parallel", "choices": ["zero", "learned"]})
     head_rows: str = field(default="all", metadata={
         "help": "'targets': the lm_head rows that are never a target (all but the 256 action rows and EOS) are zero "
                 "and stay zero, so the full-vocabulary softmax is computed exactly from the 257 target rows plus one "
@@ -281,6 +285,18 @@ def decoding_config(config: Any, cfg: TrainConfig) -> Any:
     return config.replace(action_chunk=chunk, decoding=decoding)
 
 
+def apply_slot_embeddings(model: OpenVLA, cfg: TrainConfig, was_parallel: bool) -> None:
+    """--slot-embeddings on a parallel-decoding model (its norm_stats set: they fix the slot count)."""
+    if model.config.decoding != "parallel":
+        return
+    want = cfg.slot_embeddings or (model.config.slot_embeddings if was_parallel else "learned")
+    if want == "learned":
+        model.learn_slot_embeddings(seed=cfg.seed)
+    elif hasattr(model, "action_slots"):
+        raise ConfigError(f"--slot-embeddings zero: --init {cfg.init} has learned action slots, which its decoder "
+                          "was trained with; leave --slot-embeddings out to keep them")
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -332,14 +348,16 @@ def train(cfg: TrainConfig, recipe: Recipe | None = None) -> Path | None:
     run = Run(cfg, STATE_FILE)
     run.write_config({"train": cfg, **({"recipe": recipe.config} if recipe is not None else {})})
     model, transforms, init_stats = build_model(cfg, run)
+    was_parallel = model.config.decoding == "parallel"
     model.config = decoding_config(model.config, cfg)
     t0 = time.perf_counter()
     data = load_demos(cfg.data_files, transforms, cfg.dataset_key, init_stats,
                       recipe.read_demo if recipe is not None else None, model.config.action_chunk)
     log.info("loaded %d steps, %d instructions from %s in %.1fs", len(data), len(data.instructions), cfg.data,
              time.perf_counter() - t0)
-    config = model.config.replace(norm_stats=data.norm_stats)
-    model.config = config
+    model.config = model.config.replace(norm_stats=data.norm_stats)
+    apply_slot_embeddings(model, cfg, was_parallel)
+    config = model.config
     model.to(run.device).train()
     model.freeze_unused()
     if recipe is not None:

@@ -65,6 +65,48 @@ def test_config_round_trip_and_checks():
         TrainConfig(data="x", out="y", action_chunk=4, decoding="autoregressive")
 
 
+def test_empty_slots_are_alike_after_the_first_layer_and_learned_ones_are_not():
+    """Why learned slots: a zero input gives q = k = v = 0 in the first layer, so every empty slot attends
+    uniformly to the same keys and leaves it with the same state; only RoPE in later layers can tell the
+    slots apart. Learned slots differ from the first layer on."""
+    config = preset_config(PRESETS["tiny-128"]).replace(action_chunk=2, decoding="parallel")
+    states = {}
+    for slots in ("zero", "learned"):
+        m = OpenVLA(config)
+        init_weights(m, seed=0)
+        if slots == "learned":
+            m.learn_slot_embeddings(seed=0)
+        out = []
+        hook = m.language_model.model.layers[0].register_forward_hook(lambda mod, args, res: out.append(res))
+        pv = torch.randn(1, 6, 128, 128, generator=torch.Generator().manual_seed(0))
+        ids = torch.tensor([[1, 5, 9, 29871] + [32000] * 14])
+        with torch.no_grad():
+            m.parallel_hidden_states(pv, ids, torch.tensor([4]), torch.tensor([14]))
+        hook.remove()
+        first = m.config.num_patches + 4
+        states[slots] = out[0][0, first:first + 14]
+    zero, learned = states["zero"], states["learned"]
+    torch.testing.assert_close(zero, zero[:1].expand_as(zero), atol=1e-6, rtol=0)
+    assert (learned - learned[:1]).abs().max() > 1e-3
+
+
+def test_learned_slots_round_trip_and_checks(ckpt_factory):
+    from export.checkpoint import load_model
+
+    config = preset_config(PRESETS["tiny-128"]).replace(action_chunk=2, decoding="parallel", slot_embeddings="learned")
+    back = VLAConfig.from_hf_dict(json.loads(json.dumps(config.to_hf_dict())))
+    assert back.slot_embeddings == "learned"
+    assert "rlrc_slot_embeddings" not in config.replace(slot_embeddings="zero").to_hf_dict()
+    with pytest.raises(ConfigError, match="rlrc_slot_embeddings='learned' needs rlrc_decoding='parallel'"):
+        preset_config(PRESETS["tiny-128"]).replace(slot_embeddings="learned")
+    model, info = load_model(ckpt_factory("tiny-128", action_chunk=2, slot_embeddings="learned"))
+    hidden = info.config.llm.hidden_size
+    assert info.config.slot_embeddings == "learned" and tuple(model.action_slots.shape) == (14, hidden)
+    assert "action_slots" in info.tensors and model.action_slots.abs().sum() > 0
+    with pytest.raises(ConfigError, match="14 learned action slots.*7 were asked for"):
+        model.generate_parallel(torch.zeros(1, model.config.num_patches, hidden), torch.tensor([[1, 5]]), 7)
+
+
 def test_chunk_targets_ignore_steps_past_the_episode():
     tokens = np.arange(4 * 2).reshape(4, 2)  # 4 steps of 2-D actions
     chunks = chunk_targets(tokens, 3)
@@ -86,6 +128,7 @@ def test_chunked_training_and_policy(tmp_path):
     final = train(cfg)
     saved = json.loads((final / "config.json").read_text())
     assert saved["rlrc_action_chunk"] == 3 and saved["rlrc_decoding"] == "parallel"
+    assert saved["rlrc_slot_embeddings"] == "learned"  # the default when a run makes a model parallel
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["losses/action_ce"] < rows[0]["losses/action_ce"]
     with rlrc_runtime.load_policy(final) as policy:
@@ -122,3 +165,24 @@ def test_chunked_bundle_has_one_llm_graph_and_matches_pytorch(ckpt_factory, tmp_
     assert q.precision == "int8" and set(q.graphs) == {"vision", "chunk"}
     with pytest.raises(BackendError, match="parallel-decoding .* backend='onnxruntime', device='tensorrt'"):
         TensorRTBackend(bundle, m.vla_config(), device="cuda", manifest=m)
+
+
+def test_a_bundle_with_learned_slots_matches_pytorch_token_for_token(ckpt_factory, tmp_path):
+    """The learned slots are a constant of the chunk graph; with the head biased to action tokens and the
+    slots scaled up, the 28 tokens differ from each other, so a slot out of place would show."""
+    import rlrc_runtime
+    from export.checkpoint import load_model, save_checkpoint
+    from export.onnx_export import OnnxExportConfig, export_onnx
+
+    base = ckpt_factory("tiny-128", action_chunk=4, slot_embeddings="learned")
+    model, _ = load_model(base)
+    with torch.no_grad():
+        model.language_model.lm_head.weight[31744:32000] *= 40.0
+        model.action_slots.mul_(50.0)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt", tokenizer_dir=base)
+    bundle = export_onnx(ckpt, tmp_path / "b", OnnxExportConfig(exporter="torchscript", head="action"))
+    img = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    with rlrc_runtime.load_policy(ckpt) as ref, rlrc_runtime.load_policy(bundle) as got:
+        want, res = ref.infer(img, "stack the blocks"), got.infer(img, "stack the blocks")
+    assert len(set(want.action_tokens.tolist())) > 10
+    assert res.action_tokens.tolist() == want.action_tokens.tolist()

@@ -44,6 +44,19 @@ def test_ensemble_averages_every_prediction_for_a_step():
     assert ex.action() is None
 
 
+def test_a_late_chunk_is_aligned_to_the_step_of_its_observation():
+    ex = ChunkExecutor(4, ChunkExecution(replan=2))
+    ex.add(_chunk(0))
+    ex.action(), ex.action()  # steps 0, 1
+    assert ex.needs_plan()  # an inference starts from the observation at step 2 ...
+    assert float(ex.action()[0]) == 2  # ... and the old chunk keeps the robot moving meanwhile
+    assert ex.add(_chunk(10), start=2)  # arrives at step 3: its action for step 2 is past
+    assert float(ex.action()[0]) == 11 and float(ex.action()[0]) == 12
+    assert not ex.add(_chunk(20), start=1)  # covers steps 1..4, all past by step 5: nothing added
+    with pytest.raises(ConfigError, match="at or before now"):
+        ex.add(_chunk(30), start=9)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="mode='chunky'"):
         ChunkExecution(mode="chunky")
