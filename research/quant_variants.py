@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict] = {
     "int4_acc_fp32": {"precision": "int4", "quantize_vision": True, "accuracy_level": 0},
     "int4_block16": {"precision": "int4", "quantize_vision": True, "block_size": 16},
     "int4_asym": {"precision": "int4", "quantize_vision": True, "symmetric": False},
+    "int4_acc_fp32_block16": {"precision": "int4", "quantize_vision": True, "accuracy_level": 0, "block_size": 16},
 }
 
 
@@ -70,11 +71,14 @@ def sample_frames(path: str, n: int) -> list[tuple[np.ndarray, str]]:
     return out[:n]
 
 
-def tokens(bundle: Path, frames: list[tuple[np.ndarray, str]]) -> np.ndarray:
+def tokens(bundle: Path, frames: list[tuple[np.ndarray, str]]) -> tuple[np.ndarray, float]:
+    """The action tokens of every frame, and the median ms of one inference (not interleaved with the
+    other variants: an indication only)."""
     import rlrc_runtime
 
     with rlrc_runtime.load_policy(bundle, backend="onnxruntime") as policy:
-        return np.stack([policy.infer(image, text).action_tokens for image, text in frames])
+        results = [policy.infer(image, text) for image, text in frames]
+    return np.stack([r.action_tokens for r in results]), float(np.median([r.timings_ms["total"] for r in results]))
 
 
 def run(cfg: VariantsConfig) -> str:
@@ -91,7 +95,7 @@ def run(cfg: VariantsConfig) -> str:
     if not (fp32 / "manifest.json").exists():
         export_onnx(cfg.checkpoint, fp32, OnnxExportConfig(head="action"), overwrite=True)
     frames = sample_frames(cfg.demos, cfg.frames)
-    ref = tokens(fp32, frames)
+    ref, ref_ms = tokens(fp32, frames)
     results_path = work / "quant_variants.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("variants", {})
@@ -102,8 +106,8 @@ def run(cfg: VariantsConfig) -> str:
         if name != "fp32" and not (bundle / "manifest.json").exists():
             quantize_bundle(fp32, bundle, QuantizeConfig(**VARIANTS[name]), overwrite=True)
         if "token_exact" not in row:
-            mine = ref if name == "fp32" else tokens(bundle, frames)
-            row.update({"weight_bytes": bundle_bytes(str(bundle))["weight_bytes"],
+            mine, ms = (ref, ref_ms) if name == "fp32" else tokens(bundle, frames)
+            row.update({"weight_bytes": bundle_bytes(str(bundle))["weight_bytes"], "median_ms": ms,
                         "token_exact": float(np.mean(np.all(mine == ref, axis=1))),
                         "token_match": float(np.mean(mine == ref)),
                         "mean_abs_bin_diff": float(np.mean(np.abs(mine - ref)))})
@@ -125,13 +129,14 @@ def run(cfg: VariantsConfig) -> str:
 def markdown(results: dict) -> str:
     lines = [f"# Quantization variants of {results['config']['checkpoint']}", "",
              f"{results['config']['frames']} demonstration frames for the agreement with fp32; date {results['date']}",
-             "", "| variant | weight MB | tokens exact | token match | mean abs bin diff | success id |",
-             "|---|---|---|---|---|---|"]
+             "", "| variant | weight MB | median ms | tokens exact | token match | mean abs bin diff | success id |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results["variants"].items():
         ok = r.get("id")
         succ = (f"{ok['success_rate']:.3f} [{ok['ci95'][0]:.2f}, {ok['ci95'][1]:.2f}] (n={ok['episodes']})"
                 if ok else "-")
-        lines.append(f"| {name} | {r['weight_bytes'] / 1e6:.2f} | {r['token_exact']:.3f} | {r['token_match']:.3f} "
+        lines.append(f"| {name} | {r['weight_bytes'] / 1e6:.2f} | {r['median_ms']:.1f} | {r['token_exact']:.3f} "
+                     f"| {r['token_match']:.3f} "
                      f"| {r['mean_abs_bin_diff']:.2f} | {succ} |")
     return "\n".join(lines) + "\n"
 
