@@ -272,7 +272,8 @@ def window_row(index: int, cfg: SoakConfig, latencies: list[float], counts: dict
            "latency_ms": percentiles(latencies), "frames_received": delta["frames_received"],
            "actions_published": delta["actions_published"],
            "deadline_misses": delta["deadline_misses"] + delta["stale_frames"],
-           "unsafe": counts["unsafe"] - before.get("unsafe", 0), "rss_mb": round(rss, 2)}
+           "unsafe": counts["unsafe"] - before.get("unsafe", 0), "rss_mb": round(rss, 2),
+           "load_average_1min": round(os.getloadavg()[0], 2)}
     before.update(node)
     before["unsafe"] = counts["unsafe"]
     return row
@@ -422,13 +423,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
              f"- machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs "
              "(CPU timings: compare as ratios, not robot timings)",
              f"- policy: {result['bundle_id'] or result['policy']} on {result['backend']}", "",
-             "| window | minutes | p50 ms | p99 ms | actions | frames | deadline misses | unsafe | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| window | minutes | p50 ms | p99 ms | actions | frames | deadline misses | unsafe | RSS MB | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for w in result["windows"]:
         lat = w["latency_ms"]
         lines.append(f"| {w['window'] + 1} | {w['start_min']:g}-{w['end_min']:g} | {_ms(lat['p50'])} | "
                      f"{_ms(lat['p99'])} | {w['actions_published']} | {w['frames_received']} | "
-                     f"{w['deadline_misses']} | {w['unsafe']} | {w['rss_mb']:.1f} |")
+                     f"{w['deadline_misses']} | {w['unsafe']} | {w['rss_mb']:.1f} | "
+                     f"{w.get('load_average_1min', float('nan')):.2f} |")
     lines += ["", f"RSS {rss['start_mb']:.1f} -> {rss['end_mb']:.1f} MB (peak {rss['peak_mb']:.1f}), slope "
               f"{rss['slope_mb_per_hour']:+.2f} MB/hour; {t['actions_published']} actions for "
               f"{t['frames_received']} frames ({t['actions_per_frame']:.3f} per frame), "

@@ -78,6 +78,12 @@ def rows() -> list[str]:
             out.append(f"| engine benchmark, `mid` preset on CPU, {name.replace('_', ' ')} | "
                        f"{c['speedup_p50_end_to_end']:.2f}× faster p50 end-to-end, {c['weight_bytes_ratio']:.2f}× "
                        f"smaller weights | `bench_mid_cpu_summary.json` ({bench['date'][:10]}) |")
+    soak = _load("soak.json")
+    if soak:
+        t, rss = soak["totals"], soak["rss"]
+        out.append(f"| soak: the VLA node {soak['config']['minutes']:.0f} min in the loop with the simulated robot "
+                   f"(`python benchmarks/soak.py`) | {t['actions_published']} actions, **{t['unsafe']} unsafe**, "
+                   f"RSS slope {rss['slope_mb_per_hour']:+.2f} MB/hour | `soak.md` ({soak['date'][:10]}) |")
     parity = _load("parity_official.json")
     if parity:
         out.append(f"| token parity with the official OpenVLA code | identical tokens and actions in every case of "
