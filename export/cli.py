@@ -369,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+        # A process started in the background of a non-interactive shell inherits SIGINT as ignored, and
+        # Python then never raises KeyboardInterrupt: set it, so that an interrupt always unwinds the export.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return run_subcommands("rlrc-export", __doc__, commands(), argv)
 
 
