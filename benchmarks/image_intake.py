@@ -41,7 +41,8 @@ class IntakeConfig:
     width: int = field(default=640, metadata={"help": "frame width, pixels"})
     height: int = field(default=480, metadata={"help": "frame height, pixels"})
     rounds: int = field(default=200, metadata={"help": "timed decodes per encoding (interleaved rounds)"})
-    preset: str = field(default="tiny-128", metadata={"help": "model preset whose preprocessing is timed for scale"})
+    preset: str = field(default="mid", metadata={"help": "model preset whose input side and preprocessing are used "
+                                                          "(mid: OpenVLA's 224 px)"})
     out: str = field(default="benchmarks/results/image_intake", metadata={"help": "results stem: OUT.json, OUT.md"})
 
     def __post_init__(self) -> None:
@@ -83,14 +84,22 @@ def messages(cfg: IntakeConfig) -> dict[str, object]:
 def run(cfg: IntakeConfig) -> str:
     from export.tiny import PRESETS, preset_config
     from rlrc_runtime.preprocess import ImageTransform
-    from ros_nodes.images import compressed_msg_to_rgb, image_msg_to_rgb, require_opencv
+    from ros_nodes.images import decode_compressed, image_msg_to_rgb, require_opencv
 
     require_opencv()
     msgs = messages(cfg)
-    decode = {name: (compressed_msg_to_rgb if name in COMPRESSED else image_msg_to_rgb) for name in msgs}
     transform = ImageTransform.from_config(preset_config(PRESETS[cfg.preset]))
+    keep = transform.image_size
+    # what the node does per encoding: raw layouts, PNG and jpeg_scaled_decode:=false decode at full size;
+    # "jpeg" is the default (scaled down while the policy's input still fits)
+    decode = {name: (lambda m: decode_compressed(m, keep=keep)[0]) if name == "jpeg" else
+              (lambda m: decode_compressed(m)[0]) if name in COMPRESSED else image_msg_to_rgb for name in msgs}
+    decode["jpeg_full_size"] = lambda m: decode_compressed(m)[0]
+    msgs["jpeg_full_size"] = msgs["jpeg"]
     frame = image_msg_to_rgb(msgs["rgb8"])
-    times: dict[str, list[float]] = {name: [] for name in [*msgs, "policy_preprocess"]}
+    scaled = decode["jpeg"](msgs["jpeg"])
+    prep = {"policy_preprocess": frame, "policy_preprocess_of_scaled_jpeg": scaled}
+    times: dict[str, list[float]] = {name: [] for name in [*msgs, *prep]}
     for name in msgs:  # warm-up
         decode[name](msgs[name])
     load_before = os.getloadavg()
@@ -99,9 +108,14 @@ def run(cfg: IntakeConfig) -> str:
             t0 = time.perf_counter()
             decode[name](msg)
             times[name].append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        transform(frame)
-        times["policy_preprocess"].append((time.perf_counter() - t0) * 1e3)
+        for name, image in prep.items():
+            t0 = time.perf_counter()
+            transform(image)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    diff = np.abs(transform.resize(decode["jpeg_full_size"](msgs["jpeg"])).astype(np.int16)
+                  - transform.resize(scaled).astype(np.int16))
+    policy_input = {"decoded_jpeg_shape": list(scaled.shape), "policy_side": keep,
+                    "mean_abs_diff_levels": float(diff.mean()), "max_abs_diff_levels": int(diff.max())}
     rows = {}
     ref = float(np.median(times["rgb8"]))
     for name, ts in times.items():
@@ -112,7 +126,7 @@ def run(cfg: IntakeConfig) -> str:
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_before": load_before,
                           "load_average_after": os.getloadavg()},
-              "rows": rows}
+              "rows": rows, "scaled_jpeg_vs_full": policy_input}
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -127,7 +141,14 @@ def markdown(result: dict) -> str:
              f"- machine: {m['platform']}, {m['cpus']} CPUs, load average {m['load_average_before'][0]:.2f} before, "
              f"{m['load_average_after'][0]:.2f} after",
              f"- {cfg['rounds']} interleaved rounds; decode = ros_nodes.images as the VLA node calls it; "
-             f"policy_preprocess = rlrc_runtime's resize + normalisation ({cfg['preset']}), for scale", "",
+             f"policy_preprocess = rlrc_runtime's resize + normalisation ({cfg['preset']}, "
+             f"{result['scaled_jpeg_vs_full']['policy_side']} px), for scale",
+             f"- jpeg = the node's default (`jpeg_scaled_decode`): decoded at "
+             f"{result['scaled_jpeg_vs_full']['decoded_jpeg_shape'][1]}x"
+             f"{result['scaled_jpeg_vs_full']['decoded_jpeg_shape'][0]} in the DCT domain; jpeg_full_size = "
+             f"`jpeg_scaled_decode:=false`. The policy's input from the scaled decode differs from the full "
+             f"decode's by {result['scaled_jpeg_vs_full']['mean_abs_diff_levels']:.2f} of 255 levels on average (max "
+             f"{result['scaled_jpeg_vs_full']['max_abs_diff_levels']})", "",
              "| input | message bytes | median ms | p90 ms | x rgb8 |", "|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         size = f"{r['message_bytes']:,}" if r["message_bytes"] is not None else "-"

@@ -12,7 +12,12 @@ stays PIL bicubic inside `rlrc_runtime` (parity with OpenVLA's training pipeline
     16UC1 (millimetres), 32FC1 (metres)                  depth, through `depth_msg_to_metres` only
 
 `sensor_msgs/CompressedImage` (image_transport's `compressed`): JPEG and PNG, recognised by their
-signature bytes; truncated or corrupt data is rejected before and after decoding.
+signature bytes; truncated or corrupt data is rejected before and after decoding. `decode_compressed`
+can decode a JPEG at 1/2, 1/4 or 1/8 of its size in the DCT domain (libjpeg's scaled IDCT) when the
+policy's input still fits in what is left: the policy's bicubic resize would throw those pixels away
+anyway, and skipping them roughly halves the cost of decoding plus resizing (the resized input differs
+from the full decode's by under one level on average, less than the JPEG's own error;
+`benchmarks/image_intake.py` measures both).
 
 Every malformed message raises `rlrc_runtime.InputError` naming the field, the value received and
 the value expected; the VLA node reports it in /diagnostics and acts on no frame it could not read.
@@ -187,8 +192,29 @@ def _compressed_size(data: bytes) -> tuple[str, int, int]:
                      "(format 'rgb8; jpeg compressed bgr8' or png)")
 
 
+# libjpeg scaled decoding: factor -> OpenCV's reduced-colour flag (BGR); the RGB variant is built from it
+_JPEG_REDUCE = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
+
+
+def jpeg_scale(width: int, height: int, keep: int, crop: Sequence[float] = (0, 0, 0, 0)) -> int:
+    """The largest scale-down (1, 2, 4 or 8) that leaves the frame, or its ``crop`` [x, y, w, h] in frame
+    pixels (w or h 0 = none), at least ``keep`` pixels on each side; ``keep`` 0 = 1 (full size)."""
+    cw, ch = (int(round(crop[2])), int(round(crop[3]))) if crop[2] > 0 and crop[3] > 0 else (width, height)
+    scale = 1
+    while keep > 0 and scale < 8 and min(cw, ch) // (scale * 2) >= keep:
+        scale *= 2
+    return scale
+
+
 def compressed_msg_to_rgb(msg: Any, max_side: int = 4096) -> np.ndarray:
-    """sensor_msgs/CompressedImage (JPEG or PNG) -> RGB uint8 [H, W, 3] (a new array)."""
+    """sensor_msgs/CompressedImage (JPEG or PNG) -> RGB uint8 [H, W, 3] at full size (a new array)."""
+    return decode_compressed(msg, max_side)[0]
+
+
+def decode_compressed(msg: Any, max_side: int = 4096, keep: int = 0,
+                      crop: Sequence[float] = (0, 0, 0, 0)) -> tuple[np.ndarray, int]:
+    """sensor_msgs/CompressedImage -> (RGB uint8 [H/s, W/s, 3], s). A JPEG is decoded at the scale-down s
+    of `jpeg_scale` (``keep`` = the policy's input side, ``crop`` the node's crop); PNG always at s = 1."""
     fmt = str(msg.format).lower()
     if "compresseddepth" in fmt:
         raise InputError(f"compressed image format {msg.format!r} is compressedDepth; image_topic must carry "
@@ -197,14 +223,18 @@ def compressed_msg_to_rgb(msg: Any, max_side: int = 4096) -> np.ndarray:
     codec, w, h = _compressed_size(data)
     _check_size(h, w, max_side, f"{codec.upper()} image")
     cv2 = _cv2()
-    flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR if flag is None else flag)
-    if image is None or image.shape[:2] != (h, w):
+    scale = jpeg_scale(w, h, keep, crop) if codec == "jpeg" else 1
+    flag = cv2.IMREAD_COLOR if scale == 1 else getattr(cv2, _JPEG_REDUCE[scale])
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
+    if rgb is not None:
+        flag = (flag & ~cv2.IMREAD_COLOR) | rgb
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None or image.shape[:2] != (-(-h // scale), -(-w // scale)):
         raise InputError(f"{codec.upper()} image ({w}x{h} in its header, {len(data)} bytes) is corrupt: "
                          "OpenCV could not decode it")
-    if flag is None:
+    if rgb is None:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+    return image, scale
 
 
 def fill_image_msg(msg: Any, image: np.ndarray, encoding: str = "rgb8") -> Any:
@@ -221,13 +251,15 @@ def fill_image_msg(msg: Any, image: np.ndarray, encoding: str = "rgb8") -> Any:
     return msg
 
 
-def crop_image(image: np.ndarray, crop: Sequence[float]) -> np.ndarray:
-    """Apply the node's ``crop`` [x, y, width, height] (width or height 0 = no crop)."""
+def crop_image(image: np.ndarray, crop: Sequence[float], scale: int = 1) -> np.ndarray:
+    """Apply the node's ``crop`` [x, y, width, height] in camera pixels (width or height 0 = no crop) to a
+    frame decoded at 1/``scale`` of the camera's size."""
     x, y, cw, ch = (int(round(v)) for v in crop)
     if cw <= 0 or ch <= 0:
         return image
     h, w = image.shape[:2]
-    if x + cw > w or y + ch > h:
-        raise InputError(f"crop [x={x}, y={y}, w={cw}, h={ch}] does not fit the {w}x{h} frame; "
+    if x + cw > w * scale or y + ch > h * scale:
+        raise InputError(f"crop [x={x}, y={y}, w={cw}, h={ch}] does not fit the {w * scale}x{h * scale} frame; "
                          "fix the crop parameter or the camera resolution")
-    return image[y:y + ch, x:x + cw]
+    x0, y0 = x // scale, y // scale
+    return image[y0:y0 + max(1, ch // scale), x0:x0 + max(1, cw // scale)]

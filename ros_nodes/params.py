@@ -114,6 +114,9 @@ VLA_NODE_PARAMS: dict[str, Param] = _table([
           range=(10.0, 600000.0)),
     Param("crop", [0.0, 0.0, 0.0, 0.0], "Optional crop [x, y, width, height] in pixels before the policy; "
           "width or height 0 = no crop.", range=(0.0, 10000.0), length=4),
+    Param("jpeg_scaled_decode", True, "image_transport=compressed: decode a JPEG at 1/2, 1/4 or 1/8 size when the "
+          "frame (or its crop) still has the policy's input side, as the policy's resize would discard the rest; "
+          "false = always full size."),
     Param("max_image_side", 4096, "Frames wider or taller than this are rejected as malformed.", range=(16, 16384)),
     # -- instruction -----------------------------------------------------------------------------
     Param("instruction_topic", "~/instruction", "std_msgs/String topic (transient local) with the current instruction."),

@@ -78,7 +78,7 @@ from rlrc_runtime.camera import (CameraError, Frame, FrameSlot, RealSenseCamera,
 from rlrc_runtime.chunking import ChunkExecution, ChunkExecutor
 from rlrc_runtime.errors import ConfigError, InputError, NonFiniteOutputError, RLRCError
 from rlrc_runtime.metrics import LatencyWindow
-from ros_nodes.images import compressed_msg_to_rgb, crop_image, image_msg_to_rgb, require_opencv
+from ros_nodes.images import crop_image, decode_compressed, image_msg_to_rgb, require_opencv
 from ros_nodes.params import ACTION_LABELS, VLA_NODE_PARAMS, Param
 from ros_nodes.safety import ActionPipeline, CommandLimits
 
@@ -204,7 +204,7 @@ class VLANode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._image_sub: Any = None
-        self._decode_image: Callable[..., np.ndarray] = image_msg_to_rgb
+        self._decode_image: Callable[..., tuple[np.ndarray, int]] = self._decode_raw
         self._tick_timer: Any = None
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(self.p("diagnostics_period_s"), self.publish_diagnostics)
@@ -326,7 +326,7 @@ class VLANode(LifecycleNode):
             compressed = self.p("image_transport") == "compressed"
             if compressed:
                 require_opencv()  # fail activation, not every frame, when the decoder is missing
-            self._decode_image = compressed_msg_to_rgb if compressed else image_msg_to_rgb
+            self._decode_image = self._decode_compressed if compressed else self._decode_raw
             self._image_sub = self.create_subscription(CompressedImage if compressed else Image,
                                                        self.p("image_topic"), self._on_image,
                                                        qos_profile_sensor_data)
@@ -467,11 +467,18 @@ class VLANode(LifecycleNode):
             self.get_logger().warning("paused (e-stop)" if self._paused else "resumed")
             self.publish_diagnostics()
 
+    def _decode_raw(self, msg: Image) -> tuple[np.ndarray, int]:
+        return image_msg_to_rgb(msg, max_side=self.p("max_image_side")), 1
+
+    def _decode_compressed(self, msg: CompressedImage) -> tuple[np.ndarray, int]:
+        keep = self._policy.image_transform.image_size if self.p("jpeg_scaled_decode") else 0
+        return decode_compressed(msg, max_side=self.p("max_image_side"), keep=keep, crop=self.p("crop"))
+
     def _on_image(self, msg: Image | CompressedImage) -> None:
         if self._slot.closed:
             return
         try:
-            image = self._decode_image(msg, max_side=self.p("max_image_side"))
+            image, scale = self._decode_image(msg)
         except RLRCError as exc:  # InputError: a malformed frame; ConfigError: OpenCV missing for this encoding
             self._count("input_errors", f"image on {self.p('image_topic')}: {exc}")
             self._slot.take()  # an older frame waiting in the slot is not acted on after an unreadable newer one
@@ -480,7 +487,7 @@ class VLANode(LifecycleNode):
             self.publish_diagnostics()
             return
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        self._slot.put(Frame(image=image, stamp_ns=stamp_ns), block=False)
+        self._slot.put(Frame(image=image, stamp_ns=stamp_ns, scale=scale), block=False)
 
     # -- control loop --------------------------------------------------------------------------
     def _frame_age_s(self, frame: Frame) -> float:
@@ -591,7 +598,7 @@ class VLANode(LifecycleNode):
         """Worker thread: one inference, then publish the action or a hold (chunk policies: add the chunk,
         whose first action is for control step ``plan_step``, for the ticks to send)."""
         try:
-            image = crop_image(frame.image, self.p("crop"))
+            image = crop_image(frame.image, self.p("crop"), frame.scale)
             result = self._policy.infer(image, instruction, self.p("unnorm_key") or None)
         except InputError as exc:
             self._count("input_errors", str(exc))

@@ -31,6 +31,8 @@ class Frame:
     frame_number: int = -1
     depth: np.ndarray | None = None
     """[H, W] uint16 depth aligned to the colour image, when alignment was asked for."""
+    scale: int = 1
+    """The image is 1/scale of the camera's resolution (a JPEG decoded scaled down); crops are in camera pixels."""
 
 
 class FrameSlot:

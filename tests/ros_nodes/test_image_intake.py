@@ -16,8 +16,9 @@ pytest.importorskip("cv2")
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from rlrc_runtime.errors import InputError  # noqa: E402
-from ros_nodes.images import (COLOR_ENCODINGS, compressed_msg_to_rgb, crop_image, depth_msg_to_metres,  # noqa: E402
-                              fill_image_msg, image_msg_to_rgb)
+from rlrc_runtime.preprocess import ImageTransform  # noqa: E402
+from ros_nodes.images import (COLOR_ENCODINGS, compressed_msg_to_rgb, crop_image, decode_compressed,  # noqa: E402
+                              depth_msg_to_metres, fill_image_msg, image_msg_to_rgb, jpeg_scale)
 
 H, W = 24, 32
 PAD = 8  # bytes of row padding, as some drivers add
@@ -212,3 +213,45 @@ def test_crop():
     np.testing.assert_array_equal(crop_image(image, [2, 1, 4, 3]), image[1:4, 2:6])
     with pytest.raises(InputError, match="crop"):
         crop_image(image, [6, 0, 4, 4])
+
+
+def test_jpeg_scaled_decode_keeps_the_policy_input():
+    """A JPEG decoded in the DCT domain at the largest scale-down that still leaves the policy's side: the
+    policy's resized input matches the full decode's to within the JPEG's own error; PNG stays full size."""
+    rgb = smooth_rgb(480, 640)
+    msg = compressed(_jpeg(rgb))
+    full, one = decode_compressed(msg)
+    assert one == 1 and full.shape == (480, 640, 3)
+    for keep, scale in ((0, 1), (300, 1), (224, 2), (100, 4), (60, 8), (16, 8)):
+        image, got = decode_compressed(msg, keep=keep)
+        assert got == scale and image.shape == (-(-480 // scale), -(-640 // scale), 3), (keep, got, image.shape)
+    transform = ImageTransform(image_size=224, means=((0.5, 0.5, 0.5),), stds=((0.5, 0.5, 0.5),))
+    scaled, _ = decode_compressed(msg, keep=224)
+    diff = np.abs(transform.resize(full).astype(int) - transform.resize(scaled).astype(int))
+    jpeg_error = np.abs(transform.resize(full).astype(int) - transform.resize(rgb).astype(int))
+    assert diff.mean() < 1.0 and diff.max() <= 8 and diff.mean() <= jpeg_error.mean() + 0.5
+    odd, scale = decode_compressed(compressed(_jpeg(smooth_rgb(481, 641))), keep=100)
+    assert scale == 4 and odd.shape == (121, 161, 3)  # libjpeg rounds scaled sizes up
+    png, scale = decode_compressed(compressed(_png(rgb), "png"), keep=100)
+    assert scale == 1 and png.shape == (480, 640, 3)
+
+
+def test_scaled_decode_respects_the_crop():
+    """With a crop, the crop region (not the frame) must keep the policy's side, and the crop, given in
+    camera pixels, lands on the same region of the scaled-down frame."""
+    assert jpeg_scale(640, 480, 128) == 2 and jpeg_scale(640, 480, 128, (160, 0, 200, 200)) == 1
+    assert jpeg_scale(640, 480, 100, (160, 0, 320, 480)) == 2 and jpeg_scale(1280, 960, 100, (0, 0, 800, 800)) == 8
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    rgb[:, 160:480] = smooth_rgb(480, 320)  # the crop region; black left, white right of it
+    rgb[:, 480:] = 255
+    msg = compressed(_jpeg(rgb))
+    crop = (160, 0, 320, 480)
+    image, scale = decode_compressed(msg, keep=100, crop=crop)
+    assert scale == 2
+    region = crop_image(image, crop, scale)
+    assert region.shape == (240, 160, 3)
+    reference = crop_image(decode_compressed(msg)[0], crop)
+    small = np.asarray(PILImage.fromarray(reference).resize((160, 240), PILImage.Resampling.BOX)).astype(int)
+    assert np.abs(region.astype(int) - small).mean() < 3  # the same region: black or white edges would show
+    with pytest.raises(InputError, match="does not fit the 640x480 frame"):
+        crop_image(image, (400, 0, 320, 480), scale)

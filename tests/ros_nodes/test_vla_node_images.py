@@ -71,3 +71,35 @@ def test_compressed_frames_drive_the_policy_and_corrupt_ones_hold(ros, node_ckpt
 
     _publish_until(ros, pub, lambda: _jpeg_msg(clock, good), lambda: len(actions) > n_actions, "actions to resume")
     ros.close(node)
+
+
+@pytest.mark.parametrize("crop, works", [([160.0, 0.0, 320.0, 480.0], True), ([400.0, 0.0, 320.0, 480.0], False)],
+                         ids=["crop-fits", "crop-beyond-the-frame"])
+def test_scaled_jpeg_decode_with_a_crop_in_camera_pixels(ros, node_ckpt: Path, crop, works):
+    """A 640x480 JPEG for a 128-px policy is decoded at half size; the crop, given in camera pixels, still
+    fits and drives the policy, and a crop beyond the frame names the camera's resolution."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    buf = io.BytesIO()
+    PILImage.fromarray(np.random.default_rng(4).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG")
+    good = buf.getvalue()
+    params = {"bundle_path": str(node_ckpt), "rate_hz": 50.0, "deadline_ms": 600000.0, "warmup_iterations": 0,
+              "diagnostics_period_s": 0.2, "camera_timeout_ms": 600000.0, "camera_source": "topic",
+              "image_topic": "/test/image/scaled", "image_transport": "compressed", "instruction": INSTRUCTION,
+              "crop": crop}
+    node = ros.add(VLANode(context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    actions = ros.record(Float32MultiArray, "/vla_node/action")
+    pub = ros.helper.create_publisher(CompressedImage, "/test/image/scaled", qos_profile_sensor_data)
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    wait_for(lambda: pub.get_subscription_count() > 0, what="the CompressedImage subscription")
+    clock = ros.helper.get_clock()
+    if works:
+        _publish_until(ros, pub, lambda: _jpeg_msg(clock, good), lambda: len(actions) >= 2, "actions")
+        assert int(node.diagnostics_values()["input_errors"]) == 0
+    else:
+        _publish_until(ros, pub, lambda: _jpeg_msg(clock, good),
+                       lambda: int(node.diagnostics_values()["input_errors"]) >= 1, "an input error")
+        assert "does not fit the 640x480 frame" in node.diagnostics_values()["last_error"]
+        assert len(actions) == 0
+    ros.close(node)
