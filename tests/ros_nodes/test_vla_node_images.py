@@ -38,18 +38,24 @@ def _publish_until(ros, pub, make, done, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_compressed_frames_drive_the_policy_and_corrupt_ones_hold(ros, node_ckpt: Path):
+def _compressed_node(ros, ckpt: Path, topic: str, **extra):
+    """An active VLA node reading CompressedImage on ``topic``, its recorded actions and a publisher to it."""
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    params = {"bundle_path": str(node_ckpt), "rate_hz": 50.0, "deadline_ms": 600000.0, "warmup_iterations": 0,
+    params = {"bundle_path": str(ckpt), "rate_hz": 50.0, "deadline_ms": 600000.0, "warmup_iterations": 0,
               "diagnostics_period_s": 0.2, "camera_timeout_ms": 600000.0, "camera_source": "topic",
-              "image_topic": "/test/image/compressed", "image_transport": "compressed", "instruction": INSTRUCTION}
+              "image_topic": topic, "image_transport": "compressed", "instruction": INSTRUCTION, **extra}
     node = ros.add(VLANode(context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
     actions = ros.record(Float32MultiArray, "/vla_node/action")
-    pub = ros.helper.create_publisher(CompressedImage, "/test/image/compressed", qos_profile_sensor_data)
+    pub = ros.helper.create_publisher(CompressedImage, topic, qos_profile_sensor_data)
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     wait_for(lambda: pub.get_subscription_count() > 0, what="the CompressedImage subscription")
+    return node, actions, pub
+
+
+def test_compressed_frames_drive_the_policy_and_corrupt_ones_hold(ros, node_ckpt: Path):
+    node, actions, pub = _compressed_node(ros, node_ckpt, "/test/image/compressed")
     clock = ros.helper.get_clock()
     buf = io.BytesIO()
     PILImage.fromarray(np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
@@ -78,21 +84,10 @@ def test_compressed_frames_drive_the_policy_and_corrupt_ones_hold(ros, node_ckpt
 def test_scaled_jpeg_decode_with_a_crop_in_camera_pixels(ros, node_ckpt: Path, crop, works):
     """A 640x480 JPEG for a 128-px policy is decoded at half size; the crop, given in camera pixels, still
     fits and drives the policy, and a crop beyond the frame names the camera's resolution."""
-    from rclpy.lifecycle import TransitionCallbackReturn
-
     buf = io.BytesIO()
     PILImage.fromarray(np.random.default_rng(4).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG")
     good = buf.getvalue()
-    params = {"bundle_path": str(node_ckpt), "rate_hz": 50.0, "deadline_ms": 600000.0, "warmup_iterations": 0,
-              "diagnostics_period_s": 0.2, "camera_timeout_ms": 600000.0, "camera_source": "topic",
-              "image_topic": "/test/image/scaled", "image_transport": "compressed", "instruction": INSTRUCTION,
-              "crop": crop}
-    node = ros.add(VLANode(context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
-    actions = ros.record(Float32MultiArray, "/vla_node/action")
-    pub = ros.helper.create_publisher(CompressedImage, "/test/image/scaled", qos_profile_sensor_data)
-    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    wait_for(lambda: pub.get_subscription_count() > 0, what="the CompressedImage subscription")
+    node, actions, pub = _compressed_node(ros, node_ckpt, "/test/image/scaled", crop=crop)
     clock = ros.helper.get_clock()
     if works:
         _publish_until(ros, pub, lambda: _jpeg_msg(clock, good), lambda: len(actions) >= 2, "actions")
