@@ -3,6 +3,8 @@
     python benchmarks/rlrc_table.py                 # full run on benchmarks/base_policy.sh's policy (CPU: ~3 h)
     python benchmarks/rlrc_table.py --quick         # smoke run on tiny budgets (minutes)
     python benchmarks/rlrc_table.py --help          # every budget is a flag
+    python benchmarks/rlrc_table.py --base CKPT --name rlrc_table_chunk8 --ratios 0.75 --no-ablations
+                                                    # the main rows only, for another base (e.g. a chunked policy)
 
 Rows (the paper's Table 1 and ablations): base; pruned at each ``--ratios`` (no recovery); the
 ``--main-ratio`` model + SFT; + SFT + RL (RLRC); RLRC + INT8 and + INT4 (ONNX Runtime bundles);
@@ -87,6 +89,8 @@ class TableConfig:
                                                                  "other rows (pruned without recovery, ablations)"})
     eval_workers: int = field(default=2, metadata={"help": "evaluation worker processes"})
     latency_iters: int = field(default=40, metadata={"help": "timed predictions per row (interleaved rounds of 5)"})
+    ablations: bool = field(default=True, metadata={"help": "also the three RL ablations (false: the main rows only, "
+                                                            "e.g. for a second base such as a chunked policy)"})
     quick: bool = field(default=False, metadata={"help": "smoke run: tiny budgets, own tiny base and demos if absent"})
     seed: int = field(default=0, metadata={"help": "seed of pruning, training, RL"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
@@ -370,6 +374,8 @@ def run(cfg: TableConfig) -> dict[str, Any]:
              "lr": cfg.rl_lr, "temperature": cfg.rl_temperature}
     rl_runs = {
         f"rlrc_{main}": (sft["checkpoint"], sft_in, cfg.critic_warmup, cfg.bc_coef, "pruned {} % + SFT + RL (RLRC)", "rlrc"),
+    }
+    ablation_runs = {
         f"rl_no_sft_{main}": (pruned_main, {**prune_in, "ratio": cfg.main_ratio}, cfg.critic_warmup, cfg.bc_coef,
                               "ablation: pruned {} % + RL, no SFT", "ablation"),
         f"rlrc_{main}_no_warmup": (sft["checkpoint"], sft_in, 0, cfg.bc_coef, "ablation: RLRC without critic warm-up",
@@ -377,6 +383,8 @@ def run(cfg: TableConfig) -> dict[str, Any]:
         f"rlrc_{main}_no_bc": (sft["checkpoint"], sft_in, cfg.critic_warmup, 0.0, "ablation: RLRC without BC loss",
                                "ablation"),
     }
+    if cfg.ablations:
+        rl_runs.update(ablation_runs)
     for name, (init, init_in, warm, bc, label, kind) in rl_runs.items():
         f = stages.run(name, lambda init=init, warm=warm, bc=bc, name=name: rl_stage(cfg, init, demos, work / name,
                                                                                     warm, bc),
@@ -396,7 +404,7 @@ def run(cfg: TableConfig) -> dict[str, Any]:
         rows[f"rlrc_{main}_{prec}"] = {"policy": f["bundle"], "backend": "onnxruntime", "kind": prec,
                                        "label": f"RLRC {main} % + {prec.upper()} (ONNX Runtime)"}
     order = ["base", *[f"pruned_{pct(r)}" for r in cfg.ratio_list], f"sft_{main}", f"rlrc_{main}",
-             f"rlrc_{main}_int8", f"rlrc_{main}_int4", f"rl_no_sft_{main}", f"rlrc_{main}_no_warmup", f"rlrc_{main}_no_bc"]
+             f"rlrc_{main}_int8", f"rlrc_{main}_int4", *(ablation_runs if cfg.ablations else ())]
     rows = {k: rows[k] for k in order}
     for name, row in rows.items():
         per_family = cfg.episodes if row["kind"] in MAIN_ROWS else cfg.ablation_episodes
@@ -475,9 +483,10 @@ def targets(rows: dict[str, dict[str, Any]], main: str) -> dict[str, dict[str, A
                                   "met": rate(rlrc, "ood") >= rate(sft, "ood")},
         "int4_id_within_3_points_of_rlrc": {"int4": rate(f"rlrc_{main}_int4", "id"), "rlrc": rate(rlrc, "id"),
                                             "met": rate(f"rlrc_{main}_int4", "id") >= rate(rlrc, "id") - 0.03},
-        "rl_without_sft_below_rlrc": {"rl_no_sft": rate(f"rl_no_sft_{main}", "id"), "rlrc": rate(rlrc, "id"),
-                                      "met": rate(f"rl_no_sft_{main}", "id") < rate(rlrc, "id")},
     }
+    if f"rl_no_sft_{main}" in rows:
+        out["rl_without_sft_below_rlrc"] = {"rl_no_sft": rate(f"rl_no_sft_{main}", "id"), "rlrc": rate(rlrc, "id"),
+                                            "met": rate(f"rl_no_sft_{main}", "id") < rate(rlrc, "id")}
     if "weight_bytes" in rows[f"rlrc_{main}_int4"]:
         ratio = rows[f"rlrc_{main}_int4"]["memory_ratio_vs_base_bf16"]
         out["int4_8x_smaller_than_base_bf16"] = {"ratio": ratio, "met": ratio >= 8.0}
@@ -571,7 +580,7 @@ def markdown(result: dict[str, Any]) -> str:
 def _curve(path: str, key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     p = Path(path)
-    if p.exists():
+    if path and p.is_file():
         for line in p.read_text().splitlines():
             r = json.loads(line)
             if key in r:
@@ -607,6 +616,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("action-token loss")
     for name in (f"rlrc_{main}", f"rl_no_sft_{main}", f"rlrc_{main}_no_warmup", f"rlrc_{main}_no_bc"):
+        if name not in stages:  # --no-ablations
+            continue
         xs, ys = _curve(stages.get(name, {}).get("metrics", ""), "charts/success_rate")
         axes[2].plot(xs, ys, label=name)
     axes[2].set_title("RL rollouts")

@@ -81,3 +81,9 @@ def test_quick_run_end_to_end_and_resume(table, tmp_path, monkeypatch):
     again = json.loads((tmp_path / "results" / "rlrc_table_quick.json").read_text())
     assert again["rows"]["rlrc_75"]["id"] == rows["rlrc_75"]["id"]
     assert again["wall_s_this_invocation"] < result["wall_s_this_invocation"]
+    # The main rows only (a second base's table): the same finished stages, no ablation rows or targets.
+    assert table.main([*args, "--no-ablations", "--name", "main_rows"]) == 0
+    main_rows = json.loads((tmp_path / "results" / "main_rows_quick.json").read_text())
+    assert list(main_rows["rows"]) == list(rows)[:8]
+    assert "rl_without_sft_below_rlrc" not in main_rows["targets"] and "rl_without_sft_below_rlrc" in result["targets"]
+    assert main_rows["rows"]["rlrc_75"]["id"] == rows["rlrc_75"]["id"]
