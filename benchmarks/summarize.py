@@ -62,6 +62,19 @@ def rows() -> list[str]:
             out.append(f"| base policy (`bash benchmarks/base_policy.sh`), split `{split}`, "
                        f"{d['episodes_per_family']} episodes per family | {_pct(o)}; {fams} | "
                        f"`eval_base_{split}.json` ({d['date'][:10]}) |")
+    for path in sorted(RESULTS.glob("eval_base_chunk*_*.json")):
+        d = json.loads(path.read_text())
+        chunk = path.stem.split("_")[2]  # chunkK
+        mode = d.get("config", {}).get("chunk_mode", "open_loop").replace("_", " ")
+        out.append(f"| base policy with {chunk[5:]}-action chunks decoded in parallel (`ACTION_CHUNK={chunk[5:]} bash "
+                   f"benchmarks/base_policy.sh`, executed {mode}), split `{d['split']}`, {d['episodes_per_family']} "
+                   f"episodes per family | {_pct(d['overall'])} | `{path.name}` ({d['date'][:10]}) |")
+    chunk_speed = _load("bench_chunk8_vs_autoregressive_mid.json")
+    if chunk_speed:
+        r = chunk_speed["ratios"]
+        out.append(f"| action chunks of 8 vs one action per pass, `mid` preset INT8 bundles of the same size, "
+                   f"interleaved on CPU (`{chunk_speed['command']}`) | {r['actions_per_s_ratio']:.2f}× the actions "
+                   f"per second | `bench_chunk8_vs_autoregressive_mid.md` ({chunk_speed['date'][:10]}) |")
     size = _load("size_report_openvla7b.json")
     if size:
         for name, r in size.get("bundles", {}).items():
